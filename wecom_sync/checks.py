@@ -1,0 +1,52 @@
+"""System checks for a misconfigured wecom_sync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+from django.utils.translation import gettext_lazy as _
+
+from .conf import app_settings
+
+
+@register(Tags.security)
+def check_encryption_key(app_configs: Any = None, **kwargs: Any) -> list:
+    """Outside DEBUG, secrets should be encrypted with a dedicated key, not one derived from SECRET_KEY."""
+    if settings.DEBUG or app_settings.ENCRYPTION_KEYS:
+        return []
+    return [
+        Warning(
+            _("WECOM_SYNC['ENCRYPTION_KEYS'] is not set; secrets are encrypted with a key derived from SECRET_KEY."),
+            hint=_("Set WECOM_SYNC['ENCRYPTION_KEYS'] to a list with one long random string, so rotating "
+                   "SECRET_KEY does not make the stored WeCom secrets unreadable."),
+            id="wecom_sync.W001",
+        )
+    ]
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
+    """Validate the shape of WECOM_SYNC values."""
+    errors = []
+    value = getattr(settings, "WECOM_SYNC", {})
+    if not isinstance(value, dict):
+        return [Error(_("WECOM_SYNC must be a dict."), id="wecom_sync.E001")]
+    try:
+        import_string(app_settings.ADAPTER)
+    except ImportError:
+        errors.append(
+            Error(_("WECOM_SYNC['ADAPTER'] cannot be imported: %(path)s") % {"path": app_settings.ADAPTER},
+                  id="wecom_sync.E002")
+        )
+    unknown = set(app_settings.LINK_EXISTING_BY) - {"email", "mobile", "username"}
+    if unknown:
+        errors.append(
+            Error(_("WECOM_SYNC['LINK_EXISTING_BY'] accepts only email, mobile and username; got %(v)s")
+                  % {"v": ", ".join(sorted(unknown))}, id="wecom_sync.E003")
+        )
+    if "rest_framework" not in settings.INSTALLED_APPS:
+        errors.append(Error(_("wecom_sync needs 'rest_framework' in INSTALLED_APPS."), id="wecom_sync.E004"))
+    return errors

@@ -1,0 +1,156 @@
+"""Settings of wecom_sync, read lazily from the ``WECOM_SYNC`` dict in Django settings.
+
+Every key has a documented default below (README, "Settings reference"). Values are read on each
+access, so ``override_settings(WECOM_SYNC=...)`` works in tests; the cache of the adapter class is
+dropped on ``setting_changed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # Keys that encrypt secrets at rest, newest first. Empty: one derived from SECRET_KEY.
+    "ENCRYPTION_KEYS": [],
+    # Dotted path of the adapter class that turns WeCom members into Django users.
+    "ADAPTER": "wecom_sync.adapter.DefaultWeComAdapter",
+    # (connect, read) timeouts in seconds for calls to the WeCom API.
+    "API_TIMEOUT": (5.0, 30.0),
+    # How many times a transient API failure is retried, and the total time retries may take.
+    "API_MAX_RETRIES": 4,
+    "API_RETRY_MAX_SECONDS": 60.0,
+    "API_RETRY_BASE_DELAY": 0.5,
+    # Django cache alias that holds access tokens (use Redis in production so workers share them).
+    "TOKEN_CACHE_ALIAS": "default",
+    # Refresh an access token this many seconds before WeCom says it expires.
+    "TOKEN_REFRESH_MARGIN": 300,
+    # Parallel detail requests (user/get, department/get) in the contact-sync fetch strategy.
+    "FETCH_CONCURRENCY": 8,
+    # Rows per bulk query when applying a plan.
+    "BATCH_SIZE": 1000,
+    # Whether status 4 (invited, not yet activated) users get an active Django account.
+    "NOT_ACTIVATED_USERS_ACTIVE": True,
+    # Fields used to link an existing Django user on first sight: any of "email", "mobile", "username".
+    "LINK_EXISTING_BY": ["email"],
+    # Mirror each WeCom department as a Django Group of the same name (only groups we created are touched).
+    "MIRROR_GROUPS": False,
+    # A running sync with no heartbeat for this many seconds is closed as failed by the stale-run task.
+    "STALE_RUN_SECONDS": 600,
+    # Callback requests with a larger body are refused with HTTP 413.
+    "CALLBACK_MAX_BODY_BYTES": 256 * 1024,
+    # Base URL (scheme and host) used to build absolute callback URLs when no request is at hand.
+    "CALLBACK_BASE_URL": "",
+    # A failing callback event is retried this many times, then kept as failed.
+    "EVENT_MAX_ATTEMPTS": 5,
+    # Pending events older than this many seconds are re-enqueued by the periodic task.
+    "EVENT_REQUEUE_AFTER_SECONDS": 60,
+}
+
+
+class AppSettings:
+    """Typed, lazy access to ``settings.WECOM_SYNC`` with defaults."""
+
+    def _get(self, name: str) -> Any:
+        from django.conf import settings
+
+        user = getattr(settings, "WECOM_SYNC", None) or {}
+        return user.get(name, DEFAULTS[name])
+
+    @property
+    def ENCRYPTION_KEYS(self) -> list[str]:  # noqa: N802 - settings are upper case
+        keys = self._get("ENCRYPTION_KEYS")
+        if isinstance(keys, str):
+            keys = [keys]
+        return [k for k in keys if k]
+
+    @property
+    def ADAPTER(self) -> str:  # noqa: N802
+        return self._get("ADAPTER")
+
+    @property
+    def API_TIMEOUT(self) -> tuple[float, float]:  # noqa: N802
+        value = self._get("API_TIMEOUT")
+        if isinstance(value, int | float):
+            return (float(value), float(value))
+        return (float(value[0]), float(value[1]))
+
+    @property
+    def API_MAX_RETRIES(self) -> int:  # noqa: N802
+        return int(self._get("API_MAX_RETRIES"))
+
+    @property
+    def API_RETRY_MAX_SECONDS(self) -> float:  # noqa: N802
+        return float(self._get("API_RETRY_MAX_SECONDS"))
+
+    @property
+    def API_RETRY_BASE_DELAY(self) -> float:  # noqa: N802
+        return float(self._get("API_RETRY_BASE_DELAY"))
+
+    @property
+    def TOKEN_CACHE_ALIAS(self) -> str:  # noqa: N802
+        return self._get("TOKEN_CACHE_ALIAS")
+
+    @property
+    def TOKEN_REFRESH_MARGIN(self) -> int:  # noqa: N802
+        return int(self._get("TOKEN_REFRESH_MARGIN"))
+
+    @property
+    def FETCH_CONCURRENCY(self) -> int:  # noqa: N802
+        return max(1, int(self._get("FETCH_CONCURRENCY")))
+
+    @property
+    def BATCH_SIZE(self) -> int:  # noqa: N802
+        return max(1, int(self._get("BATCH_SIZE")))
+
+    @property
+    def NOT_ACTIVATED_USERS_ACTIVE(self) -> bool:  # noqa: N802
+        return bool(self._get("NOT_ACTIVATED_USERS_ACTIVE"))
+
+    @property
+    def LINK_EXISTING_BY(self) -> list[str]:  # noqa: N802
+        return list(self._get("LINK_EXISTING_BY") or [])
+
+    @property
+    def MIRROR_GROUPS(self) -> bool:  # noqa: N802
+        return bool(self._get("MIRROR_GROUPS"))
+
+    @property
+    def STALE_RUN_SECONDS(self) -> int:  # noqa: N802
+        return int(self._get("STALE_RUN_SECONDS"))
+
+    @property
+    def CALLBACK_MAX_BODY_BYTES(self) -> int:  # noqa: N802
+        return int(self._get("CALLBACK_MAX_BODY_BYTES"))
+
+    @property
+    def CALLBACK_BASE_URL(self) -> str:  # noqa: N802
+        return str(self._get("CALLBACK_BASE_URL") or "").rstrip("/")
+
+    @property
+    def EVENT_MAX_ATTEMPTS(self) -> int:  # noqa: N802
+        return max(1, int(self._get("EVENT_MAX_ATTEMPTS")))
+
+    @property
+    def EVENT_REQUEUE_AFTER_SECONDS(self) -> int:  # noqa: N802
+        return int(self._get("EVENT_REQUEUE_AFTER_SECONDS"))
+
+
+app_settings = AppSettings()
+
+_caches: list[dict] = []
+
+
+def register_cache(cache: dict) -> dict:
+    """Register a module-level cache dict that is cleared whenever WECOM_SYNC or SECRET_KEY changes."""
+    _caches.append(cache)
+    return cache
+
+
+@receiver(setting_changed)
+def _reload(sender: Any, setting: str, **kwargs: Any) -> None:
+    if setting in ("WECOM_SYNC", "SECRET_KEY"):
+        for cache in _caches:
+            cache.clear()

@@ -1,0 +1,1 @@
+"""Private implementation details of wecom_sync; no stable API."""
