@@ -71,7 +71,8 @@ def database_from_url(url: str) -> dict:
             "CONN_MAX_AGE": 0,
         }
     if parsed.scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": parsed.path[1:] if parsed.path.startswith("//") else parsed.path}
+        name = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
     raise ValueError(f"Unsupported DATABASE_URL scheme: {parsed.scheme!r}")
 
 

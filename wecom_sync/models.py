@@ -27,7 +27,9 @@ class SyncSource(models.Model):
         DELETE = "delete", _("Delete the Django user")
         IGNORE = "ignore", _("Leave the Django user as it is")
 
-    name = models.CharField(_("name"), max_length=100, help_text=_("A label for this directory, e.g. the company name."))
+    name = models.CharField(
+        _("name"), max_length=100, help_text=_("A label for this directory, e.g. the company name.")
+    )
     slug = models.SlugField(
         _("slug"),
         max_length=64,
@@ -205,7 +207,10 @@ class ExternalUser(models.Model):
     source = models.ForeignKey(SyncSource, verbose_name=_("source"), on_delete=models.CASCADE, related_name="users")
     userid = models.CharField(_("userid"), max_length=64, help_text=_("The WeCom userid, in WeCom's case."))
     userid_key = models.CharField(
-        _("userid key"), max_length=64, editable=False, help_text=_("The userid in lower case; userids are case-insensitive.")
+        _("userid key"),
+        max_length=64,
+        editable=False,
+        help_text=_("The userid in lower case; userids are case-insensitive."),
     )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -409,7 +414,9 @@ class CallbackEvent(models.Model):
     dedupe_key = models.CharField(_("dedupe key"), max_length=255, help_text=_("Identical deliveries share it."))
     event = models.CharField(_("event"), max_length=64, blank=True)
     change_type = models.CharField(_("change type"), max_length=64, blank=True)
-    object_id = models.CharField(_("object id"), max_length=64, blank=True, help_text=_("UserID, department Id or TagId."))
+    object_id = models.CharField(
+        _("object id"), max_length=64, blank=True, help_text=_("UserID, department Id or TagId.")
+    )
     create_time = models.BigIntegerField(_("WeCom CreateTime"), default=0)
     payload = models.JSONField(_("payload"), default=dict, blank=True, help_text=_("The decrypted event fields."))
     status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)

@@ -1,0 +1,89 @@
+"""Secrets at rest: authenticated encryption, key ids, rotation."""
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+
+from tests.factories import AES_KEY, APP_SECRET, CONTACT_SECRET, TOKEN, make_source
+from wecom_sync.internal import secretbox
+from wecom_sync.internal.secretbox import SecretDecryptionError
+from wecom_sync.models import SyncSource
+
+SECRET_COLUMNS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
+
+
+def raw_row(pk: int) -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(SECRET_COLUMNS)} FROM wecom_sync_syncsource WHERE id = %s", [pk]  # noqa: S608
+        )
+        return dict(zip(SECRET_COLUMNS, cursor.fetchone(), strict=True))
+
+
+def test_round_trip_and_format():
+    stored = secretbox.encrypt("hello 世界")
+    assert stored.startswith("wse1$")
+    assert "hello" not in stored
+    assert secretbox.decrypt(stored) == "hello 世界"
+    # A random nonce: the same plaintext encrypts differently each time.
+    assert secretbox.encrypt("hello 世界") != stored
+
+
+def test_tampering_is_detected():
+    stored = secretbox.encrypt("top secret value")
+    prefix, key_id, blob = stored.split("$")
+    flipped = blob[:10] + ("A" if blob[10] != "A" else "B") + blob[11:]
+    with pytest.raises(SecretDecryptionError):
+        secretbox.decrypt(f"{prefix}${key_id}${flipped}")
+    with pytest.raises(SecretDecryptionError):
+        secretbox.decrypt("wse1$deadbeef$not-base64!!")
+
+
+@pytest.mark.django_db
+def test_raw_sql_shows_no_plaintext():
+    source = make_source()
+    row = raw_row(source.pk)
+    for column, plain in zip(SECRET_COLUMNS, (APP_SECRET, CONTACT_SECRET, TOKEN, AES_KEY), strict=True):
+        assert row[column].startswith("wse1$"), column
+        assert plain not in row[column]
+    fresh = SyncSource.objects.get(pk=source.pk)
+    assert (fresh.secret, fresh.contact_sync_secret, fresh.token, fresh.encoding_aes_key) == (
+        APP_SECRET, CONTACT_SECRET, TOKEN, AES_KEY,
+    )
+
+
+@pytest.mark.django_db
+def test_empty_secret_stays_empty():
+    source = make_source(contact_sync_secret="", token="", encoding_aes_key="")
+    row = raw_row(source.pk)
+    assert row["contact_sync_secret"] == "" and row["token"] == ""
+
+
+@pytest.mark.django_db
+def test_key_rotation_command():
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["old-key"]}):
+        source = make_source()
+        old_id = secretbox.keys()[0][0]
+        assert secretbox.key_id_of(raw_row(source.pk)["secret"]) == old_id
+    # The new key first, the old one kept so existing values stay readable.
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["new-key", "old-key"]}):
+        new_id = secretbox.keys()[0][0]
+        assert SyncSource.objects.get(pk=source.pk).secret == APP_SECRET
+        call_command("wecom_sync_rotate_keys", stdout=open("/dev/null", "w"))  # noqa: SIM115
+        assert all(secretbox.key_id_of(v) == new_id for v in raw_row(source.pk).values())
+    # After rotation the old key can go.
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["new-key"]}):
+        assert SyncSource.objects.get(pk=source.pk).token == TOKEN
+    # Without the right key, reading fails loudly rather than returning garbage.
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["unrelated"]}), pytest.raises(SecretDecryptionError):
+        SyncSource.objects.get(pk=source.pk)
+
+
+@pytest.mark.django_db
+def test_fallback_key_derived_from_secret_key():
+    with override_settings(WECOM_SYNC={}, SECRET_KEY="first-secret-key"):
+        source = make_source()
+        assert SyncSource.objects.get(pk=source.pk).secret == APP_SECRET
+    with override_settings(WECOM_SYNC={}, SECRET_KEY="another-secret-key"), pytest.raises(SecretDecryptionError):
+        SyncSource.objects.get(pk=source.pk)

@@ -1,0 +1,161 @@
+"""Forms of wecom_sync: the sync source form with masked, keep-if-blank secrets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import django
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from .crypto import decode_aes_key, is_valid_token
+from .exceptions import InvalidKeyError
+from .models import SyncSource
+
+CORP_ID_RE = re.compile(r"^w[wx][A-Za-z0-9]{8,30}$")
+SECRET_FIELDS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
+#: Secrets that may be cleared (the app Secret is required).
+CLEARABLE = ("contact_sync_secret", "token", "encoding_aes_key")
+
+
+def mask(value: str) -> str:
+    """Return a display mask for a stored secret: whether it is set and at most its last 4 characters."""
+    if not value:
+        return str(_("not set"))
+    tail = value[-4:] if len(value) >= 16 else ""
+    return "•" * 8 + tail
+
+
+class SecretInput(forms.PasswordInput):
+    """A password input that never renders the stored value back."""
+
+    def __init__(self, attrs: dict | None = None) -> None:
+        super().__init__(attrs={"autocomplete": "new-password", "spellcheck": "false", **(attrs or {})},
+                         render_value=False)
+
+
+class SyncSourceForm(forms.ModelForm):
+    """Create or edit a sync source. Secret fields left blank keep their stored value."""
+
+    api_base_url = forms.URLField(
+        label=SyncSource._meta.get_field("api_base_url").verbose_name,
+        help_text=SyncSource._meta.get_field("api_base_url").help_text,
+        initial=SyncSource._meta.get_field("api_base_url").default,
+        **({"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}),
+    )
+    clear_contact_sync_secret = forms.BooleanField(label=_("Clear the contact-sync secret"), required=False)
+    clear_token = forms.BooleanField(label=_("Clear the callback Token"), required=False)
+    clear_encoding_aes_key = forms.BooleanField(label=_("Clear the EncodingAESKey"), required=False)
+
+    class Meta:
+        model = SyncSource
+        fields = [
+            "name", "slug", "corp_id", "agent_id", "secret", "contact_sync_secret", "token", "encoding_aes_key",
+            "api_base_url", "enabled", "root_department_id", "fetch_strategy", "sync_interval_minutes",
+            "removal_policy", "removal_threshold_count", "removal_threshold_percent",
+        ]
+        widgets = {
+            "secret": SecretInput(),
+            "contact_sync_secret": SecretInput(),
+            "token": SecretInput(
+                attrs={"maxlength": 32, "data-wecom-generate": "token", "data-wecom-label": _("Generate")}
+            ),
+            "encoding_aes_key": SecretInput(
+                attrs={"maxlength": 43, "data-wecom-generate": "aeskey", "data-wecom-label": _("Generate")}
+            ),
+        }
+        error_messages = {
+            "agent_id": {"invalid": _("AgentId is a whole number: copy it from the app's page in the WeCom console.")},
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stored = {name: getattr(self.instance, name, "") or "" for name in SECRET_FIELDS}
+        editing = self.instance.pk is not None
+        for name in SECRET_FIELDS:
+            field = self.fields[name]
+            field.required = False
+            field.strip = True
+            if editing:
+                field.help_text = _("Stored: %(mask)s. Leave blank to keep it. %(help)s") % {
+                    "mask": mask(self._stored[name]), "help": field.help_text or "",
+                }
+        if not editing:
+            for name in CLEARABLE:
+                self.fields.pop(f"clear_{name}")
+
+    def _new_or_stored(self, name: str) -> str:
+        value = self.cleaned_data.get(name) or ""
+        if value:
+            return value
+        if self.cleaned_data.get(f"clear_{name}"):
+            return ""
+        return self._stored[name]
+
+    def clean_corp_id(self) -> str:
+        value = (self.cleaned_data.get("corp_id") or "").strip()
+        if not CORP_ID_RE.match(value):
+            raise forms.ValidationError(
+                _("A Corp ID starts with “ww” or “wx” followed by letters and digits, e.g. ww1a2b3c4d5e6f7a8b. "
+                  "Copy it from My Company → Company Information (企业ID) in the WeCom console."),
+                code="corp_id",
+            )
+        return value
+
+    def clean_agent_id(self) -> int | None:
+        value = self.cleaned_data.get("agent_id")
+        if value is not None and value <= 0:
+            raise forms.ValidationError(_("AgentId is a positive whole number, e.g. 1000002."), code="agent_id")
+        return value
+
+    def clean_token(self) -> str:
+        value = self.cleaned_data.get("token") or ""
+        if value and not is_valid_token(value):
+            raise forms.ValidationError(
+                _("The Token is 1 to 32 letters and digits (no spaces or symbols)."), code="token"
+            )
+        return value
+
+    def clean_encoding_aes_key(self) -> str:
+        value = self.cleaned_data.get("encoding_aes_key") or ""
+        if not value:
+            return value
+        if len(value) != 43:
+            raise forms.ValidationError(
+                _("The EncodingAESKey is exactly 43 characters; this one has %(n)d.") % {"n": len(value)},
+                code="encoding_aes_key_length",
+            )
+        try:
+            decode_aes_key(value)
+        except InvalidKeyError as exc:
+            raise forms.ValidationError(
+                _("The EncodingAESKey must be 43 letters and digits that decode to a 32-byte key."),
+                code="encoding_aes_key",
+            ) from exc
+        return value
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        final = {name: self._new_or_stored(name) for name in SECRET_FIELDS}
+        if not final["secret"] and not final["contact_sync_secret"]:
+            self.add_error("secret", forms.ValidationError(
+                _("Enter the Secret of the self-built app (and optionally the contact-sync secret)."),
+                code="secret_required",
+            ))
+        if bool(final["token"]) != bool(final["encoding_aes_key"]):
+            self.add_error("encoding_aes_key" if final["token"] else "token", forms.ValidationError(
+                _("The callback Token and EncodingAESKey go together: set both or neither."),
+                code="callback_pair",
+            ))
+        self._final_secrets = final
+        return cleaned
+
+    def save(self, commit: bool = True) -> SyncSource:
+        instance = super().save(commit=False)
+        for name, value in self._final_secrets.items():
+            setattr(instance, name, value)
+        if commit:
+            instance.save()
+            self._save_m2m()
+        return instance

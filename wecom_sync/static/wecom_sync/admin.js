@@ -1,0 +1,46 @@
+/* wecom_sync admin helpers: generate a Token / EncodingAESKey in the browser, copy the callback URL. */
+(function () {
+  "use strict";
+  var ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+  function randomString(length) {
+    var out = "";
+    var bytes = new Uint8Array(length * 2);
+    while (out.length < length) {
+      window.crypto.getRandomValues(bytes);
+      for (var i = 0; i < bytes.length && out.length < length; i++) {
+        if (bytes[i] < 248) { out += ALPHABET[bytes[i] % 62]; }
+      }
+    }
+    return out;
+  }
+
+  function addGenerateButton(input) {
+    var kind = input.getAttribute("data-wecom-generate");
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "button";
+    button.style.marginLeft = "6px";
+    button.textContent = input.getAttribute("data-wecom-label") || "Generate";
+    button.setAttribute("data-wecom-generated-for", input.name);
+    button.addEventListener("click", function () {
+      input.type = "text"; // a generated value must be visible so it can be pasted into the WeCom console
+      input.value = randomString(kind === "aeskey" ? 43 : 32);
+      input.dispatchEvent(new Event("change"));
+    });
+    input.insertAdjacentElement("afterend", button);
+  }
+
+  function init() {
+    document.querySelectorAll("[data-wecom-generate]").forEach(addGenerateButton);
+    document.querySelectorAll("[data-wecom-copy]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var text = document.getElementById(button.getAttribute("data-wecom-copy")).textContent;
+        if (navigator.clipboard) { navigator.clipboard.writeText(text); }
+        button.setAttribute("data-copied", "1");
+      });
+    });
+  }
+
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", init); } else { init(); }
+})();
