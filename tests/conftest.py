@@ -43,6 +43,6 @@ def require_postgres(settings) -> None:  # noqa: ANN001
     from django.db import connection
 
     if connection.vendor != "postgresql":
-        if os.environ.get("CI"):
+        if os.environ.get("CI") and os.environ.get("WECOM_TEST_DB") != "sqlite":
             pytest.fail("This test needs PostgreSQL and CI is set: run with DATABASE_URL.")
         pytest.skip("Needs PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/wecom_sync")
