@@ -1,14 +1,23 @@
-"""Django admin of wecom_sync."""
+"""Django admin of wecom_sync: sources with Sync now / Dry run / Test connection, runs with live progress
+and approval of held removals, read-only mirrors of the directory, and the callback inbox."""
 
 from __future__ import annotations
 
 import contextvars
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _g
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
 
 from .forms import SyncSourceForm, mask
 from .models import (
@@ -21,9 +30,41 @@ from .models import (
     SyncSource,
 )
 
+RUN_SYNC_PERMISSION = "wecom_sync.run_sync"
+STATUS_COLOURS = {
+    "queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "partial": "#fd7e14",
+    "failed": "#dc3545", "held": "#6f42c1", "cancelled": "#6c757d",
+    "pending": "#0d6efd", "applied": "#198754", "ignored": "#6c757d",
+}
+
 _current_request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
     "wecom_sync_admin_request", default=None
 )
+
+
+def can_run_sync(request: HttpRequest) -> bool:
+    """Whether the user may start, approve, retry or reprocess work."""
+    return bool(request.user.is_active and request.user.has_perm(RUN_SYNC_PERMISSION))
+
+
+def badge(status: str, label: str) -> str:
+    """Return a coloured status badge."""
+    return format_html(
+        '<span class="wecom-badge wecom-status-{}" style="background:{};color:#fff;padding:2px 8px;'
+        'border-radius:10px;font-size:11px;white-space:nowrap">{}</span>',
+        status, STATUS_COLOURS.get(status, "#6c757d"), label,
+    )
+
+
+class RunSyncPermissionMixin:
+    """Adds the ``run_sync`` permission check used by actions that start work."""
+
+    def has_run_sync_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_run_sync(request)
+
+    def _require_run_sync(self, request: HttpRequest) -> None:
+        if not can_run_sync(request):
+            raise PermissionDenied
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -39,14 +80,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+# -- sources -----------------------------------------------------------------------------------------
+
+
 @admin.register(SyncSource)
-class SyncSourceAdmin(admin.ModelAdmin):
+class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     form = SyncSourceForm
-    list_display = ("name", "slug", "corp_id", "enabled", "fetch_strategy", "last_synced_at")
+    change_form_template = "admin/wecom_sync/syncsource/change_form.html"
+    list_display = ("name", "slug", "corp_id", "enabled", "fetch_strategy", "last_synced_at", "last_run")
     list_filter = ("enabled",)
     search_fields = ("name", "slug", "corp_id")
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ("callback_url", "secrets_status", "last_synced_at")
+    readonly_fields = ("callback_url", "secrets_status", "last_synced_at", "recent_runs")
+    actions = ["sync_now_action", "dry_run_action", "test_connection_action"]
 
     def get_fieldsets(self, request: HttpRequest, obj: SyncSource | None = None) -> list:
         credentials = ["agent_id", "secret", "contact_sync_secret"]
@@ -54,7 +100,7 @@ class SyncSourceAdmin(admin.ModelAdmin):
         if obj is not None:
             credentials.append("clear_contact_sync_secret")
             callback += ["clear_token", "clear_encoding_aes_key"]
-        return [
+        fieldsets = [
             (_("Identity"), {"fields": ["name", "slug", "corp_id", "enabled"]}),
             (_("Credentials"), {
                 "fields": credentials,
@@ -70,29 +116,38 @@ class SyncSourceAdmin(admin.ModelAdmin):
                 "fields": ["root_department_id", "fetch_strategy", "sync_interval_minutes", "removal_policy",
                            "removal_threshold_count", "removal_threshold_percent", "api_base_url"],
             }),
-            (_("Status"), {"fields": ["secrets_status", "last_synced_at"], "classes": ["collapse"]}),
         ]
+        if obj is not None:
+            fieldsets.append((_("Status"), {"fields": ["recent_runs", "secrets_status", "last_synced_at"]}))
+        return fieldsets
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple:
+        return self.readonly_fields
+
+    # Render while the request is known, so the callback URL can be absolute.
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         token = _current_request.set(request)
         try:
             response = super().changeform_view(request, *args, **kwargs)
-            # Render while the request is known, so the callback URL can be absolute.
             if hasattr(response, "render") and not getattr(response, "is_rendered", True):
                 response.render()
             return response
         finally:
             _current_request.reset(token)
 
+    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, **kwargs: Any) -> Any:
+        context["can_run_sync"] = can_run_sync(request)
+        return super().render_change_form(request, context, *args, **kwargs)
+
     @admin.display(description=_("callback URL"))
     def callback_url(self, obj: SyncSource | None) -> str:
         if obj is None or not obj.pk:
-            return _("Save the source first; the URL uses its slug.")
+            return _g("Save the source first; the URL uses its slug.")
         url = obj.get_callback_url(_current_request.get())
         return format_html(
             '<code id="wecom-callback-url">{}</code> '
             '<button type="button" class="button" data-wecom-copy="wecom-callback-url">{}</button>',
-            url, _("Copy"),
+            url, _g("Copy"),
         )
 
     @admin.display(description=_("stored secrets"))
@@ -101,27 +156,354 @@ class SyncSourceAdmin(admin.ModelAdmin):
             return "-"
         return format_html(
             "Secret: {} · {}: {} · Token: {} · EncodingAESKey: {}",
-            mask(obj.secret), _("contact-sync secret"), mask(obj.contact_sync_secret),
+            mask(obj.secret), _g("contact-sync secret"), mask(obj.contact_sync_secret),
             mask(obj.token), mask(obj.encoding_aes_key),
         )
+
+    @admin.display(description=_("last run"))
+    def last_run(self, obj: SyncSource) -> str:
+        run = obj.runs.order_by("-created_at", "-id").first()
+        if run is None:
+            return "-"
+        url = reverse("admin:wecom_sync_syncrun_change", args=[run.pk])
+        return format_html('<a href="{}">{}</a>', url, badge(run.status, run.get_status_display()))
+
+    @admin.display(description=_("recent runs"))
+    def recent_runs(self, obj: SyncSource | None) -> str:
+        if obj is None or not obj.pk:
+            return "-"
+        runs = list(obj.runs.order_by("-created_at", "-id")[:10])
+        if not runs:
+            return _g("No run yet.")
+        rows = format_html_join(
+            "", '<tr><td><a href="{}">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (reverse("admin:wecom_sync_syncrun_change", args=[r.pk]), r.pk, r.get_kind_display(),
+                 badge(r.status, r.get_status_display()), r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                 summarize_counters(r.counters))
+                for r in runs
+            ),
+        )
+        return format_html('<table class="wecom-recent-runs">{}</table>', rows)
+
+    # -- work-starting logic, callable without a request --------------------------------------------
+    def start_runs(self, queryset: QuerySet, *, dry_run: bool, user: Any = None) -> list[SyncRun]:
+        """Enqueue a full sync (or dry run) for each enabled source; return the queued runs."""
+        from . import services
+
+        runs = []
+        for source in queryset:
+            if not source.enabled:
+                continue
+            runs.append(services.enqueue_full_sync(source, dry_run=dry_run, trigger="manual", requested_by=user))
+        return runs
+
+    def _report_started(self, request: HttpRequest, runs: list[SyncRun], skipped: int) -> None:
+        if runs:
+            self.message_user(request, ngettext(
+                "Queued %(count)d run.", "Queued %(count)d runs.", len(runs)) % {"count": len(runs)},
+                messages.SUCCESS)
+        if skipped:
+            self.message_user(request, ngettext(
+                "%(count)d disabled source was skipped.", "%(count)d disabled sources were skipped.", skipped)
+                % {"count": skipped}, messages.WARNING)
+
+    @admin.action(description=_("Sync now"), permissions=["run_sync"])
+    def sync_now_action(self, request: HttpRequest, queryset: QuerySet) -> None:
+        runs = self.start_runs(queryset, dry_run=False, user=request.user)
+        self._report_started(request, runs, queryset.count() - len(runs))
+
+    @admin.action(description=_("Dry run (plan only)"), permissions=["run_sync"])
+    def dry_run_action(self, request: HttpRequest, queryset: QuerySet) -> None:
+        runs = self.start_runs(queryset, dry_run=True, user=request.user)
+        self._report_started(request, runs, queryset.count() - len(runs))
+
+    @admin.action(description=_("Test connection"), permissions=["run_sync"])
+    def test_connection_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        from .diagnostics import probe_source
+
+        results = [(source, probe_source(source)) for source in queryset]
+        return TemplateResponse(request, "admin/wecom_sync/syncsource/test_connection.html", {
+            **self.admin_site.each_context(request),
+            "title": _g("Test connection"),
+            "results": results,
+            "opts": self.model._meta,
+        })
+
+    # -- object tools: POST-only views ------------------------------------------------------------------
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/sync/", wrap(require_POST(self.sync_view)), name="wecom_sync_syncsource_sync"),
+            path("<int:pk>/dry-run/", wrap(require_POST(self.dry_run_view)), name="wecom_sync_syncsource_dryrun"),
+            path("<int:pk>/test-connection/", wrap(require_POST(self.test_connection_view)),
+                 name="wecom_sync_syncsource_test"),
+        ] + super().get_urls()
+
+    def _single(self, request: HttpRequest, pk: int) -> QuerySet:
+        self._require_run_sync(request)
+        source = get_object_or_404(SyncSource, pk=pk)
+        return SyncSource.objects.filter(pk=source.pk)
+
+    def sync_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        return self._start_and_redirect(request, self._single(request, pk), dry_run=False)
+
+    def dry_run_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        return self._start_and_redirect(request, self._single(request, pk), dry_run=True)
+
+    def _start_and_redirect(self, request: HttpRequest, queryset: QuerySet, *, dry_run: bool) -> HttpResponse:
+        runs = self.start_runs(queryset, dry_run=dry_run, user=request.user)
+        if not runs:
+            self.message_user(request, _g("This source is disabled; enable it first."), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:wecom_sync_syncsource_change", args=[queryset[0].pk]))
+        self._report_started(request, runs, 0)
+        return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[runs[0].pk]))
+
+    def test_connection_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        return self.test_connection_action(request, self._single(request, pk))
+
+
+def summarize_counters(counters: dict | None) -> str:
+    """Return "created 3 · updated 2" for the non-zero counters of a run."""
+    parts = [f"{key.replace('_', ' ')} {value}" for key, value in sorted((counters or {}).items()) if value]
+    return " · ".join(parts) or "-"
+
+
+# -- runs --------------------------------------------------------------------------------------------
+
+
+class ActionFilter(admin.SimpleListFilter):
+    title = _("action")
+    parameter_name = "action"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list:
+        return SyncRunChange.Action.choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
+    change_form_template = "admin/wecom_sync/syncrun/change_form.html"
+    list_display = ("run_label", "source", "kind", "trigger", "status_badge", "progress", "duration_display",
+                    "counters_display", "created_at")
+    list_filter = ("source", "status", "kind", "trigger")
+    list_select_related = ("source",)
+    date_hierarchy = "created_at"
+    fields = ("source", "kind", "trigger", "status", "force", "created_at", "started_at", "finished_at",
+              "heartbeat_at", "snapshot_complete", "message", "task_id", "requested_by", "decided_by",
+              "decided_at")
+
+    @admin.display(description=_("run"), ordering="id")
+    def run_label(self, obj: SyncRun) -> str:
+        return f"#{obj.pk}"
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: SyncRun) -> str:
+        return badge(obj.status, obj.get_status_display())
+
+    @admin.display(description=_("progress"))
+    def progress(self, obj: SyncRun) -> str:
+        if not obj.progress_total:
+            return "-"
+        return f"{obj.progress_done}/{obj.progress_total}"
+
+    @admin.display(description=_("duration"))
+    def duration_display(self, obj: SyncRun) -> str:
+        duration = obj.duration
+        return f"{duration.total_seconds():.1f} s" if duration is not None else "-"
+
+    @admin.display(description=_("counters"))
+    def counters_display(self, obj: SyncRun) -> str:
+        return summarize_counters(obj.counters)
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/progress/", wrap(self.progress_view), name="wecom_sync_syncrun_progress"),
+            path("<int:pk>/approve/", wrap(require_POST(self.approve_view)), name="wecom_sync_syncrun_approve"),
+            path("<int:pk>/reject/", wrap(require_POST(self.reject_view)), name="wecom_sync_syncrun_reject"),
+            path("<int:pk>/retry/", wrap(require_POST(self.retry_view)), name="wecom_sync_syncrun_retry"),
+        ] + super().get_urls()
+
+    def progress_view(self, request: HttpRequest, pk: int) -> JsonResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        run = get_object_or_404(SyncRun, pk=pk)
+        return JsonResponse(run_progress(run))
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict | None = None) -> HttpResponse:
+        run = get_object_or_404(SyncRun, pk=object_id)
+        changes = run.changes.all()
+        action = request.GET.get("action", "")
+        object_type = request.GET.get("object_type", "")
+        if action:
+            changes = changes.filter(action=action)
+        if object_type:
+            changes = changes.filter(object_type=object_type)
+        counts = dict(run.changes.values_list("action").annotate(n=Count("id")).values_list("action", "n"))
+        extra = {
+            "run": run,
+            "changes": changes[:500],
+            "changes_total": changes.count(),
+            "action_counts": [(value, label, counts.get(value, 0)) for value, label in SyncRunChange.Action.choices
+                              if counts.get(value)],
+            "selected_action": action,
+            "pending_removals": run.changes.filter(applied=False).exclude(action="failed")[:500]
+            if run.status == SyncRun.Status.HELD else [],
+            "can_run_sync": can_run_sync(request),
+            "progress": run_progress(run),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra)
+
+    def approve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        from . import services
+
+        self._require_run_sync(request)
+        run = get_object_or_404(SyncRun, pk=pk)
+        if run.status != SyncRun.Status.HELD:
+            self.message_user(request, _g("Only a held run can be approved."), messages.ERROR)
+        else:
+            services.approve_run(run, user=request.user)
+            self.message_user(request, _g("Approved: the held removals are being applied."), messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
+
+    def reject_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        from . import services
+
+        self._require_run_sync(request)
+        run = get_object_or_404(SyncRun, pk=pk)
+        if run.status != SyncRun.Status.HELD:
+            self.message_user(request, _g("Only a held run can be rejected."), messages.ERROR)
+        else:
+            services.reject_run(run, user=request.user)
+            self.message_user(request, _g("Rejected: nobody was removed."), messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
+
+    def retry_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        from . import services
+
+        self._require_run_sync(request)
+        run = get_object_or_404(SyncRun, pk=pk)
+        if run.status not in (SyncRun.Status.FAILED, SyncRun.Status.PARTIAL, SyncRun.Status.CANCELLED):
+            self.message_user(request, _g("Only a failed, partial or cancelled run can be retried."), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
+        new_run = services.enqueue_full_sync(run.source, dry_run=run.kind == SyncRun.Kind.DRY_RUN,
+                                             trigger="retry", requested_by=request.user)
+        self.message_user(request, _g("Queued a new run."), messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[new_run.pk]))
+
+
+def run_progress(run: SyncRun) -> dict:
+    """Return the JSON the run page polls: status, progress and counters."""
+    percent = round(100 * run.progress_done / run.progress_total, 1) if run.progress_total else None
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "status_display": str(run.get_status_display()),
+        "finished": run.is_finished or run.status == SyncRun.Status.HELD,
+        "done": run.progress_done,
+        "total": run.progress_total,
+        "percent": percent,
+        "counters": run.counters or {},
+        "message": run.message,
+    }
+
+
+@admin.register(SyncRunChange)
+class SyncRunChangeAdmin(ReadOnlyAdmin):
+    list_display = ("run", "object_type", "external_id", "display_name", "action", "applied", "error")
+    list_filter = (ActionFilter, "object_type", "applied", "run__source")
+    search_fields = ("external_id", "display_name")
+    list_select_related = ("run",)
+    raw_id_fields = ("run",)
+
+
+# -- mirrored directory --------------------------------------------------------------------------------
 
 
 @admin.register(ExternalDepartment)
 class ExternalDepartmentAdmin(ReadOnlyAdmin):
-    list_display = ("name", "department_id", "source", "parent", "order", "is_removed")
+    list_display = ("name", "department_id", "source", "parent", "order", "members", "is_removed")
     list_filter = ("source", "is_removed")
-    search_fields = ("name", "name_en", "department_id")
+    search_fields = ("name", "name_en", "=department_id")
     list_select_related = ("source", "parent")
     exclude = ("raw",)
+    change_list_template = "admin/wecom_sync/externaldepartment/change_list.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(member_count=Count("memberships"))
+
+    @admin.display(description=_("members"), ordering="member_count")
+    def members(self, obj: ExternalDepartment) -> int:
+        return getattr(obj, "member_count", 0)
+
+    def get_urls(self) -> list:
+        return [
+            path("tree/", self.admin_site.admin_view(self.tree_view), name="wecom_sync_externaldepartment_tree"),
+        ] + super().get_urls()
+
+    def tree_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        sources = []
+        for source in SyncSource.objects.all():
+            rows = list(
+                ExternalDepartment.objects.filter(source=source, is_removed=False)
+                .annotate(member_count=Count("memberships"))
+                .values("id", "parent_id", "name", "department_id", "member_count", "order")
+            )
+            children: dict[Any, list] = {}
+            ids = {row["id"] for row in rows}
+            for row in rows:
+                parent = row["parent_id"] if row["parent_id"] in ids else None
+                children.setdefault(parent, []).append(row)
+            for items in children.values():
+                items.sort(key=lambda r: (-r["order"], r["department_id"]))
+            lines: list[tuple[int, dict]] = []
+            stack = [(0, row) for row in reversed(children.get(None, []))]
+            while stack:
+                depth, row = stack.pop()
+                lines.append((depth, row))
+                stack.extend((depth + 1, child) for child in reversed(children.get(row["id"], [])))
+            sources.append((source, [{"indent": depth * 24, **row} for depth, row in lines]))
+        return TemplateResponse(request, "admin/wecom_sync/externaldepartment/tree.html", {
+            **self.admin_site.each_context(request),
+            "title": _g("Department tree"),
+            "sources": sources,
+            "opts": self.model._meta,
+        })
+
+
+class MembershipInline(admin.TabularInline):
+    model = ExternalMembership
+    fields = ("department", "is_leader", "is_main", "order")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
 
 
 @admin.register(ExternalUser)
 class ExternalUserAdmin(ReadOnlyAdmin):
-    list_display = ("userid", "name", "source", "status", "user", "is_removed")
+    list_display = ("userid", "name", "source", "status", "django_user", "is_removed", "updated_at")
     list_filter = ("source", "status", "is_removed")
-    search_fields = ("userid", "name")
+    search_fields = ("userid", "name", "user__username", "user__email")
     list_select_related = ("source", "user")
     exclude = ("raw",)
+    readonly_fields = ("django_user",)
+    inlines = [MembershipInline]
+
+    @admin.display(description=_("Django user"), ordering="user__username")
+    def django_user(self, obj: ExternalUser) -> str:
+        if obj.user_id is None:
+            return "-"
+        meta = obj.user._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.user_id])
+        return format_html('<a href="{}">{}</a>', url, obj.user.get_username())
 
 
 @admin.register(ExternalMembership)
@@ -132,35 +514,30 @@ class ExternalMembershipAdmin(ReadOnlyAdmin):
     list_select_related = ("user", "department")
 
 
-class SyncRunChangeInline(admin.TabularInline):
-    model = SyncRunChange
-    fields = ("object_type", "external_id", "display_name", "action", "fields", "error", "applied")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = False
-    max_num = 0
-
-
-@admin.register(SyncRun)
-class SyncRunAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "source", "kind", "trigger", "status", "created_at", "finished_at")
-    list_filter = ("source", "status", "kind", "trigger")
-    list_select_related = ("source",)
-    inlines = [SyncRunChangeInline]
-
-
-@admin.register(SyncRunChange)
-class SyncRunChangeAdmin(ReadOnlyAdmin):
-    list_display = ("run", "object_type", "external_id", "display_name", "action", "applied")
-    list_filter = ("action", "object_type", "applied")
-    search_fields = ("external_id", "display_name")
-    list_select_related = ("run",)
+# -- callback inbox --------------------------------------------------------------------------------------
 
 
 @admin.register(CallbackEvent)
-class CallbackEventAdmin(ReadOnlyAdmin):
-    list_display = ("received_at", "source", "change_type", "object_id", "status", "attempts")
+class CallbackEventAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
+    list_display = ("received_at", "source", "change_type", "object_id", "status_badge", "attempts", "run")
     list_filter = ("source", "status", "change_type")
     search_fields = ("object_id", "dedupe_key")
-    list_select_related = ("source",)
+    list_select_related = ("source", "run")
+    actions = ["reprocess_action"]
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: CallbackEvent) -> str:
+        return badge(obj.status, obj.get_status_display())
+
+    def reprocess(self, queryset: QuerySet) -> int:
+        """Reset the events and enqueue them again; return how many were queued."""
+        from .events import reprocess_events
+
+        return reprocess_events(queryset)
+
+    @admin.action(description=_("Reprocess the selected events"), permissions=["run_sync"])
+    def reprocess_action(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = self.reprocess(queryset)
+        self.message_user(request, ngettext(
+            "Queued %(count)d event again.", "Queued %(count)d events again.", count) % {"count": count},
+            messages.SUCCESS)

@@ -31,7 +31,43 @@
     input.insertAdjacentElement("afterend", button);
   }
 
+  function pollRun(box) {
+    var url = box.getAttribute("data-progress-url");
+    function tick() {
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (r) { return r.json(); })
+        .then(function (data) {
+          var status = document.getElementById("wecom-run-status");
+          status.textContent = data.status_display;
+          status.setAttribute("data-status", data.status);
+          document.getElementById("wecom-run-counts").textContent = data.done + "/" + data.total;
+          document.getElementById("wecom-progress-bar").style.width = (data.percent || 0) + "%";
+          document.getElementById("wecom-run-message").textContent = data.message || "";
+          var counters = document.getElementById("wecom-run-counters");
+          counters.textContent = "";
+          Object.keys(data.counters).forEach(function (key) {
+            if (!data.counters[key]) { return; }
+            var span = document.createElement("span");
+            span.className = "wecom-counter";
+            span.textContent = key + ": " + data.counters[key];
+            counters.appendChild(span);
+          });
+          if (data.finished) {
+            box.setAttribute("data-finished", "1");
+            // Reload once so the change list and approval buttons appear.
+            window.location.reload();
+          } else {
+            window.setTimeout(tick, 1000);
+          }
+        })
+        .catch(function () { window.setTimeout(tick, 3000); });
+    }
+    window.setTimeout(tick, 500);
+  }
+
   function init() {
+    var run = document.getElementById("wecom-run");
+    if (run && run.getAttribute("data-finished") !== "1") { pollRun(run); }
     document.querySelectorAll("[data-wecom-generate]").forEach(addGenerateButton);
     document.querySelectorAll("[data-wecom-copy]").forEach(function (button) {
       button.addEventListener("click", function () {
