@@ -1,0 +1,188 @@
+"""The self-contained demo: the bundled WeCom simulator, a full sync and live callback events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
+from django.db import connection
+from django.utils.translation import gettext as _
+
+from ...crypto import generate_encoding_aes_key, generate_token
+from ...models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncSource
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
+        pass
+
+
+class Command(BaseCommand):
+    help = _("Run the demo: a simulated WeCom organisation, a full sync, then live encrypted callback events.")
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--users", type=int, default=2000, help=_("Members in the simulated organisation."))
+        parser.add_argument("--departments", type=int, default=120, help=_("Departments in the organisation."))
+        parser.add_argument("--seed", type=int, default=2024, help=_("Seed of the organisation generator."))
+        parser.add_argument("--serve", action="store_true",
+                            help=_("Keep the simulator and the admin running on --port until Ctrl+C."))
+        parser.add_argument("--port", type=int, default=8000, help=_("Port of the admin with --serve."))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from ...simulator import WeComSimulator, generate_organisation
+
+        if not getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False):
+            self.stdout.write(self.style.WARNING(
+                _("Celery is not eager (CELERY_BROKER_URL is set): a worker must be running for events.")))
+        self.step(_("Preparing the database"))
+        call_command("migrate", interactive=False, verbosity=0)
+        admin_user = self.ensure_superuser()
+
+        self.step(_("Generating a WeCom organisation of %(users)d members in %(departments)d departments")
+                  % {"users": options["users"], "departments": options["departments"]})
+        started = time.monotonic()
+        org = generate_organisation(users=options["users"], departments=options["departments"],
+                                    seed=options["seed"])
+        self.stdout.write(_("  generated in %(s).2f s") % {"s": time.monotonic() - started})
+
+        server, base_url = self.start_site(options["port"] if options["serve"] else 0)
+        try:
+            with WeComSimulator(org) as sim:
+                source = self.ensure_source(sim)
+                self.stdout.write(_("  simulator: %(url)s   callback URL: %(cb)s")
+                                  % {"url": sim.base_url, "cb": base_url + source.get_callback_path()})
+
+                self.step(_("Full sync"))
+                call_command("wecom_sync", source.slug, stdout=self.stdout, stderr=self.stderr)
+                self.report_counts(source)
+
+                self.step(_("Live changes in WeCom, delivered as encrypted callbacks"))
+                sim.set_callback(base_url + source.get_callback_path(), source.token, source.encoding_aes_key)
+                self.live_changes(sim, source)
+
+                self.step(_("Done"))
+                self.stdout.write(_("Admin: log in as %(user)s / %(password)s") % {"user": admin_user,
+                                                                                   "password": "admin"})
+                if options["serve"]:
+                    self.stdout.write(_("Open %(url)s/admin/ — Ctrl+C stops the demo.") % {"url": base_url})
+                    self.wait_forever()
+                else:
+                    self.stdout.write(_("To explore in the admin with the simulator still running: "
+                                        "python manage.py wecom_demo --serve, then open "
+                                        "http://127.0.0.1:8000/admin/"))
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def step(self, text: str) -> None:
+        self.stdout.write(self.style.MIGRATE_HEADING(f"\n▶ {text}"))
+
+    def ensure_superuser(self) -> str:
+        User = get_user_model()  # noqa: N806 - Django idiom
+        if not User.objects.filter(username="admin").exists():
+            User.objects.create_superuser("admin", "admin@example.com", "admin")
+        return "admin"
+
+    def ensure_source(self, sim: Any) -> SyncSource:
+        source = SyncSource.objects.filter(slug="demo").first() or SyncSource(slug="demo")
+        source.name = _("Demo company (simulated)")
+        source.corp_id = sim.corp_id
+        source.agent_id = sim.agent_id
+        source.secret = sim.app_secret
+        source.contact_sync_secret = ""
+        source.api_base_url = sim.base_url
+        source.enabled = True
+        if not source.token:
+            source.token = generate_token()
+            source.encoding_aes_key = generate_encoding_aes_key()
+        source.save()
+        return source
+
+    def start_site(self, port: int) -> tuple[ThreadedWSGIServer, str]:
+        """Serve this Django site on 127.0.0.1 in a thread, so WeCom's callbacks arrive over real HTTP."""
+        try:
+            server = ThreadedWSGIServer(("127.0.0.1", port), QuietHandler, allow_reuse_address=True)
+        except OSError as exc:
+            raise CommandError(_("Cannot listen on 127.0.0.1:%(port)d: %(error)s") % {"port": port, "error": exc}) \
+                from exc
+        server.set_app(get_internal_wsgi_application())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    def report_counts(self, source: SyncSource) -> None:
+        self.stdout.write(_("  local mirror: %(d)d departments, %(u)d members, %(a)d active Django users") % {
+            "d": ExternalDepartment.objects.filter(source=source, is_removed=False).count(),
+            "u": ExternalUser.objects.filter(source=source, is_removed=False).count(),
+            "a": ExternalUser.objects.filter(source=source, is_removed=False, user__is_active=True).count(),
+        })
+
+    def live_changes(self, sim: Any, source: SyncSource) -> None:
+        users = sorted(sim.org.users)
+        some_dept = sorted(d for d in sim.org.departments if d != 1)[0]
+        new_dept = max(sim.org.departments) + 1
+        before = CallbackEvent.objects.filter(source=source).count()
+        changes = [
+            (_("new department #%(id)d") % {"id": new_dept},
+             lambda: sim.add_department({"id": new_dept, "name": "Demo Lab", "parentid": 1, "order": 1})),
+            (_("new member demo.newcomer"),
+             lambda: sim.add_user({"userid": "demo.newcomer", "name": "Demo Newcomer", "department": [new_dept],
+                                   "main_department": new_dept, "status": 1, "email": "newcomer@example.com"})),
+            (_("%(u)s renamed to “Renamed Member”") % {"u": users[0]},
+             lambda: sim.update_user(users[0], name="Renamed Member")),
+            (_("%(u)s moved to department #%(d)d") % {"u": users[1], "d": some_dept},
+             lambda: sim.move_user(users[1], [some_dept], main_department=some_dept)),
+            (_("userid %(old)s changed to %(new)s") % {"old": users[2], "new": users[2] + ".renamed"},
+             lambda: sim.rename_userid(users[2], users[2] + ".renamed")),
+            (_("%(u)s left the company") % {"u": users[3]}, lambda: sim.delete_user(users[3])),
+        ]
+        for label, change in changes:
+            change()
+            self.stdout.write(f"  → {label}")
+        # With eager Celery the events are applied before WeCom's request returns; give a worker a moment.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and CallbackEvent.objects.filter(
+                source=source, status=CallbackEvent.Status.PENDING).exists():
+            time.sleep(0.2)
+        events = CallbackEvent.objects.filter(source=source).order_by("id")[before:]
+        self.stdout.write(_("  %(n)d callbacks received:") % {"n": len(events)})
+        for event in events:
+            self.stdout.write(f"    {event.change_type:<16} {event.object_id:<24} {event.get_status_display()}")
+        self.stdout.write(_("  what changed locally:"))
+        checks = [
+            (_("department “Demo Lab” exists"),
+             ExternalDepartment.objects.filter(source=source, department_id=new_dept, is_removed=False).exists()),
+            (_("demo.newcomer has a Django account"),
+             ExternalUser.objects.filter(source=source, userid_key="demo.newcomer", user__isnull=False).exists()),
+            (_("%(u)s is now “Renamed Member”") % {"u": users[0]},
+             ExternalUser.objects.filter(source=source, userid_key=users[0].lower(), name="Renamed Member").exists()),
+            (_("%(u)s is in department #%(d)d") % {"u": users[1], "d": some_dept},
+             ExternalUser.objects.filter(source=source, userid_key=users[1].lower(),
+                                         memberships__department__department_id=some_dept).exists()),
+            (_("%(u)s kept the same Django account under its new userid") % {"u": users[2]},
+             ExternalUser.objects.filter(source=source, userid_key=(users[2] + ".renamed").lower()).exists()
+             and not ExternalUser.objects.filter(source=source, userid_key=users[2].lower()).exists()),
+            (_("%(u)s was deactivated") % {"u": users[3]},
+             ExternalUser.objects.filter(source=source, userid_key=users[3].lower(), user__is_active=False).exists()),
+        ]
+        for label, ok in checks:
+            mark = self.style.SUCCESS("✔") if ok else self.style.ERROR("✘")
+            self.stdout.write(f"    {mark} {label}")
+        runs = SyncRun.objects.filter(source=source).count()
+        self.stdout.write(_("  %(n)d runs logged for this source (admin → Sync runs).") % {"n": runs})
+        if not all(ok for _label, ok in checks):
+            raise CommandError(_("Some live changes were not applied; see the callback events in the admin."))
+
+    def wait_forever(self) -> None:
+        connection.close()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            self.stdout.write(_("Stopped."))
