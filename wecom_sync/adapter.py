@@ -1,5 +1,237 @@
-"""The adapter decides how WeCom members become Django users (built out in issue 4)."""
+"""The adapter decides how WeCom members become Django users.
+
+Subclass ``DefaultWeComAdapter``, override the hooks you need and name your class in
+``WECOM_SYNC["ADAPTER"]``. The sync engine calls the batch methods (``find_existing_users``,
+``assign_usernames``) once per batch so that queries grow with batches, not with users; the per-user hooks
+(``username_base``, ``split_name``, ``populate_user``, ``is_active_for_status``, ``can_deactivate``) are
+plain Python and are what most projects override.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.db.models.functions import Lower
+from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
+
+from .conf import app_settings, register_cache
+from .snapshot import RemoteUser
+
+if TYPE_CHECKING:
+    from .models import SyncSource
+
+_adapter_cache: dict[str, Any] = register_cache({})
+
+LINK_KEYS = ("email", "mobile", "username")
+
+
+class LinkError(Exception):
+    """An existing Django user could not be linked without guessing (more than one candidate)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class DefaultWeComAdapter:
-    """Default policy: username from userid, name and email from WeCom."""
+    """Default policy: username from userid, name and email from WeCom, is_active from status."""
+
+    #: Field of the user model compared with the WeCom mobile when LINK_EXISTING_BY has "mobile".
+    mobile_field = "mobile"
+
+    # -- users model helpers -------------------------------------------------------------------------
+
+    def get_user_model(self) -> Any:
+        """Return the Django user model the adapter creates."""
+        return get_user_model()
+
+    def _has_field(self, name: str) -> bool:
+        try:
+            self.get_user_model()._meta.get_field(name)
+        except Exception:  # noqa: BLE001 - FieldDoesNotExist and friends: the model lacks the field
+            return False
+        return True
+
+    def _max_length(self, name: str) -> int | None:
+        return getattr(self.get_user_model()._meta.get_field(name), "max_length", None)
+
+    # -- usernames -----------------------------------------------------------------------------------
+
+    def username_base(self, source: SyncSource, remote: RemoteUser) -> str:
+        """The preferred username of a new Django user: the WeCom userid."""
+        return remote.userid
+
+    def username_suffix(self, source: SyncSource, remote: RemoteUser, attempt: int) -> str:
+        """A deterministic suffix for a colliding username: a short hash of corp and userid, then a counter."""
+        token = hashlib.sha256(f"{source.corp_id}:{remote.key}".encode()).hexdigest()[:6]
+        return f"-{token}" if attempt == 1 else f"-{token}-{attempt}"
+
+    def assign_usernames(self, source: SyncSource, pairs: Sequence[tuple[RemoteUser, Any]]) -> None:
+        """Give each new (unsaved) user a free username; once saved it is never changed by the sync."""
+        model = self.get_user_model()
+        field = model.USERNAME_FIELD
+        max_len = self._max_length(field) or 150
+        wanted: dict[int, str] = {}
+        for i, (remote, _user) in enumerate(pairs):
+            wanted[i] = self.username_base(source, remote)[:max_len]
+        attempt = 0
+        pending = set(wanted)
+        chosen: set[str] = set()
+        while pending:
+            names = {wanted[i] for i in pending}
+            taken = set(model._default_manager.filter(**{f"{field}__in": names}).values_list(field, flat=True))
+            retry = set()
+            for i in sorted(pending):
+                name = wanted[i]
+                if name in taken or name in chosen:
+                    retry.add(i)
+                else:
+                    chosen.add(name)
+                    setattr(pairs[i][1], field, name)
+            attempt += 1
+            for i in retry:
+                remote = pairs[i][0]
+                suffix = self.username_suffix(source, remote, attempt)
+                wanted[i] = self.username_base(source, remote)[: max_len - len(suffix)] + suffix
+            pending = retry
+
+    # -- fields --------------------------------------------------------------------------------------
+
+    def split_name(self, name: str) -> tuple[str, str]:
+        """Split a WeCom name into (first_name, last_name).
+
+        A name with spaces ("Ada Lovelace") splits at the last space. A name without ("张三") goes whole
+        into first_name: Django's get_full_name() puts first_name first, so splitting a Chinese name
+        would print it backwards.
+        """
+        name = (name or "").strip()
+        if " " in name:
+            first, _sep, last = name.rpartition(" ")
+            return first.strip(), last.strip()
+        return name, ""
+
+    def email_for(self, remote: RemoteUser) -> str:
+        """The email of a member: the company mailbox (biz_mail) first, then the email field."""
+        return (remote.biz_mail or remote.email or "").strip()
+
+    def populate_user(self, user: Any, remote: RemoteUser, *, source: SyncSource, created: bool) -> set[str]:
+        """Copy WeCom values onto a Django user; return the names of the fields that changed.
+
+        An empty remote value never erases a local one, and fields the sync does not own are not touched.
+        """
+        changed: set[str] = set()
+
+        def put(field: str, value: str) -> None:
+            if not value or not self._has_field(field):
+                return
+            limit = self._max_length(field)
+            value = value[:limit] if limit else value
+            if getattr(user, field, None) != value:
+                setattr(user, field, value)
+                changed.add(field)
+
+        if remote.name:
+            first, last = self.split_name(remote.name)
+            put("first_name", first)
+            if last or created:
+                put("last_name", last)
+        put(self.get_user_model().get_email_field_name(), self.email_for(remote))
+        return changed
+
+    def is_active_for_status(self, status: int) -> bool:
+        """Whether a WeCom status gives an active Django account (1 yes; 2, 5 no; 4 per setting)."""
+        if status == 1:
+            return True
+        if status == 4:
+            return app_settings.NOT_ACTIVATED_USERS_ACTIVE
+        return False
+
+    def can_deactivate(self, user: Any) -> bool:
+        """Whether the sync may deactivate or delete this Django user (never a superuser)."""
+        return not getattr(user, "is_superuser", False)
+
+    def new_user(self, source: SyncSource, remote: RemoteUser) -> Any:
+        """Return a new, unsaved Django user for a WeCom member (the username is assigned afterwards)."""
+        user = self.get_user_model()()
+        user.set_unusable_password()
+        self.populate_user(user, remote, source=source, created=True)
+        user.is_active = self.is_active_for_status(remote.status)
+        return user
+
+    # -- linking existing users ----------------------------------------------------------------------
+
+    def link_values(self, remote: RemoteUser) -> dict[str, list[str]]:
+        """The values compared per LINK_EXISTING_BY key (empty values are never compared)."""
+        values = {
+            "email": [v.strip().lower() for v in (remote.biz_mail, remote.email) if v and v.strip()],
+            "mobile": [remote.mobile.strip()] if remote.mobile and remote.mobile.strip() else [],
+            "username": [remote.userid] if remote.userid else [],
+        }
+        return {k: v for k, v in values.items() if k in app_settings.LINK_EXISTING_BY and v}
+
+    def find_existing_users(
+        self, source: SyncSource, remotes: Iterable[RemoteUser]
+    ) -> dict[str, Any | LinkError | None]:
+        """Return, per normalised userid, the Django user to link, None, or a LinkError when ambiguous.
+
+        Users already linked to another member of this source are not candidates.
+        """
+        from .models import ExternalUser
+
+        model = self.get_user_model()
+        remotes = list(remotes)
+        per_remote = {r.key: self.link_values(r) for r in remotes}
+        result: dict[str, Any | LinkError | None] = {r.key: None for r in remotes}
+        keys = sorted({k for values in per_remote.values() for k in values})
+        if not keys:
+            return result
+        found: dict[str, dict[str, set[int]]] = {}  # link key -> value -> user pks
+        users: dict[int, Any] = {}
+        for key in keys:
+            field = {"email": model.get_email_field_name(), "mobile": self.mobile_field}.get(
+                key, model.USERNAME_FIELD
+            )
+            if not self._has_field(field):
+                continue
+            values = {v for vals in per_remote.values() for v in vals.get(key, ())}
+            if key == "email":
+                qs = model._default_manager.annotate(_link=Lower(field)).filter(_link__in=values)
+            else:
+                qs = model._default_manager.filter(**{f"{field}__in": values}).annotate(_link=Lower(field))
+            bucket = found.setdefault(key, {})
+            for user in qs:
+                users[user.pk] = user
+                link = user._link if key == "email" else getattr(user, field)
+                bucket.setdefault(str(link).strip(), set()).add(user.pk)
+        if not users:
+            return result
+        taken = set(
+            ExternalUser.objects.filter(source=source, user_id__in=list(users)).values_list("user_id", flat=True)
+        )
+        for remote in remotes:
+            candidates: set[int] = set()
+            for key, values in per_remote[remote.key].items():
+                for value in values:
+                    candidates |= found.get(key, {}).get(value, set())
+            candidates -= taken
+            if len(candidates) == 1:
+                result[remote.key] = users[candidates.pop()]
+            elif len(candidates) > 1:
+                result[remote.key] = LinkError(
+                    _("%(count)d existing users match this member (%(keys)s); none was linked.")
+                    % {"count": len(candidates), "keys": ", ".join(sorted(per_remote[remote.key]))}
+                )
+        return result
+
+
+def get_adapter() -> DefaultWeComAdapter:
+    """Return an instance of the adapter named by ``WECOM_SYNC["ADAPTER"]``."""
+    path = app_settings.ADAPTER
+    cls = _adapter_cache.get(path)
+    if cls is None:
+        cls = _adapter_cache[path] = import_string(path)
+    return cls()

@@ -1,0 +1,218 @@
+"""Service functions: what every entry point (admin, tasks, command, API) calls. Synchronous and thin."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Max, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .conf import app_settings
+from .models import ExternalUser, SyncRun, SyncRunChange, SyncSource
+from .signals import sync_finished
+from .snapshot import normalize_userid
+from .sync import lock, runner
+from .sync.apply import Applier, chunks, load_local_state
+
+logger = logging.getLogger(__name__)
+
+USER_REMOVAL_ACTIONS = (SyncRunChange.Action.DEACTIVATED, SyncRunChange.Action.DELETED, SyncRunChange.Action.REMOVED)
+
+
+class RunStateError(ValueError):
+    """The run is not in a state that allows this operation (e.g. approving a run that is not held)."""
+
+
+def run_full_sync(
+    source: SyncSource,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    trigger: str = SyncRun.Trigger.API,
+    run: SyncRun | None = None,
+    progress: runner.ProgressCallback | None = None,
+    requested_by: Any = None,
+) -> SyncRun:
+    """Run a full sync (or a dry run) of ``source`` now and return its finished SyncRun.
+
+    A second run of the same source while one is running ends ``cancelled`` with a message; a disabled
+    source ends ``cancelled`` too.
+    """
+    kind = SyncRun.Kind.DRY_RUN if dry_run else SyncRun.Kind.FULL
+    if run is None:
+        run = SyncRun.objects.create(
+            source=source, kind=kind, trigger=trigger, force=force, status=SyncRun.Status.QUEUED,
+            requested_by=requested_by,
+        )
+    else:
+        run.kind = kind if dry_run else run.kind
+        run.force = run.force or force
+        run.save(update_fields=["kind", "force"])
+    if not source.enabled:
+        run.status = SyncRun.Status.CANCELLED
+        run.finished_at = timezone.now()
+        run.message = _("This source is disabled; enable it to sync.")
+        run.save(update_fields=["status", "finished_at", "message"])
+        sync_finished.send(sender=SyncRun, run=run, source=source)
+        return run
+    return runner.execute(run, progress=progress)
+
+
+def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
+    """Apply the removals a held run is waiting for, then close it as succeeded (or partial)."""
+    run.refresh_from_db()
+    if run.status != SyncRun.Status.HELD:
+        raise RunStateError(_("Only a held run can be approved (this one is %(status)s).") % {
+            "status": run.get_status_display()})
+    source = run.source
+    if not lock.acquire(source, run):
+        raise RunStateError(_("Another sync of this source is running; approve again when it has finished."))
+    try:
+        run.status = SyncRun.Status.RUNNING
+        run.heartbeat_at = timezone.now()
+        run.save(update_fields=["status", "heartbeat_at"])
+        pending = run.changes.filter(applied=False)
+        user_ids = list(
+            pending.filter(object_type=SyncRunChange.ObjectType.USER, action__in=USER_REMOVAL_ACTIONS)
+            .values_list("external_id", flat=True)
+        )
+        dept_ids = [
+            int(x)
+            for x in pending.filter(
+                object_type=SyncRunChange.ObjectType.DEPARTMENT, action=SyncRunChange.Action.REMOVED
+            ).values_list("external_id", flat=True)
+        ]
+        applier = Applier(source, run, track_progress=True)
+        applier.load_departments()
+        # Only members not seen again since the run was held: a member who came back stays.
+        decided_at = run.finished_at or timezone.now()
+        local = load_local_state(source, user_keys=[normalize_userid(u) for u in user_ids], with_memberships=False)
+        still_gone = set(
+            ExternalUser.objects.filter(
+                source=source, userid_key__in=[normalize_userid(u) for u in user_ids], is_removed=False,
+                updated_at__lte=decided_at,
+            ).values_list("pk", flat=True)
+        )
+        rows = [u for u in local.users.values() if u.pk in still_gone]
+        applier.total = len(rows) + len(dept_ids)
+        applier.remove_users(rows)
+        depts = [
+            d
+            for d in load_local_state(source, user_keys=[], with_memberships=False).departments.values()
+            if d.department_id in set(dept_ids) and not d.is_removed
+        ]
+        applier.remove_departments(depts)
+        applied_users = {u.userid for u in rows}
+        for batch in chunks(sorted(applied_users), app_settings.BATCH_SIZE):
+            pending.filter(object_type=SyncRunChange.ObjectType.USER, external_id__in=batch).update(applied=True)
+        pending.filter(
+            object_type=SyncRunChange.ObjectType.DEPARTMENT,
+            external_id__in=[str(d.department_id) for d in depts],
+        ).update(applied=True)
+        counters = dict(run.counters or {})
+        for key, value in applier.counters.items():
+            counters[f"approved_{key}"] = value
+        counters["approved_skipped"] = len(user_ids) - len(rows)
+        run.counters = counters
+        failures = applier.counters.get("users_failed", 0) + applier.counters.get("departments_failed", 0)
+        run.status = SyncRun.Status.PARTIAL if failures else SyncRun.Status.SUCCEEDED
+        run.decided_by = user if getattr(user, "pk", None) else None
+        run.decided_at = timezone.now()
+        run.finished_at = run.decided_at
+        who = str(user) if user is not None else _("a service call")
+        run.message = (run.message + "\n" + _("Approved by %(who)s: %(count)d removal(s) applied.") % {
+            "who": who, "count": len(rows)}).strip()
+        run.save()
+        logger.info("wecom_sync.run.approved", extra={"run_id": run.pk, "removals": len(rows)})
+    except Exception:
+        SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(status=SyncRun.Status.HELD)
+        raise
+    finally:
+        lock.release(source, run)
+    sync_finished.send(sender=SyncRun, run=run, source=source)
+    return run
+
+
+def reject_run(run: SyncRun, user: Any = None) -> SyncRun:
+    """Close a held run without applying its pending removals."""
+    run.refresh_from_db()
+    if run.status != SyncRun.Status.HELD:
+        raise RunStateError(_("Only a held run can be rejected (this one is %(status)s).") % {
+            "status": run.get_status_display()})
+    run.status = SyncRun.Status.CANCELLED
+    run.decided_by = user if getattr(user, "pk", None) else None
+    run.decided_at = timezone.now()
+    run.finished_at = run.finished_at or run.decided_at
+    who = str(user) if user is not None else _("a service call")
+    run.message = (run.message + "\n" + _("Rejected by %(who)s: nothing was removed.") % {"who": who}).strip()
+    run.save(update_fields=["status", "decided_by", "decided_at", "finished_at", "message"])
+    logger.info("wecom_sync.run.rejected", extra={"run_id": run.pk})
+    sync_finished.send(sender=SyncRun, run=run, source=run.source)
+    return run
+
+
+def close_stale_runs() -> int:
+    """Close as failed every running run without a heartbeat for STALE_RUN_SECONDS; free their locks."""
+    limit = timezone.now() - timedelta(seconds=app_settings.STALE_RUN_SECONDS)
+    stale = SyncRun.objects.filter(status=SyncRun.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit)
+        | Q(heartbeat_at__isnull=True, started_at__isnull=True, created_at__lt=limit)
+    )
+    closed = 0
+    for run in stale:
+        closed += int(lock.close_stale(run))
+    return closed
+
+
+def due_sources(now: Any = None) -> list[SyncSource]:
+    """Enabled sources with a schedule whose last full sync is older than their interval and none queued."""
+    now = now or timezone.now()
+    sources = SyncSource.objects.filter(enabled=True, sync_interval_minutes__gt=0).annotate(
+        last_run=Max("runs__created_at", filter=Q(runs__kind=SyncRun.Kind.FULL))
+    )
+    due = []
+    busy = set(
+        SyncRun.objects.filter(
+            status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING], kind=SyncRun.Kind.FULL
+        ).values_list("source_id", flat=True)
+    )
+    for source in sources:
+        if source.pk in busy:
+            continue
+        if source.last_run is None or source.last_run + timedelta(minutes=source.sync_interval_minutes) <= now:
+            due.append(source)
+    return due
+
+
+def run_scheduled_syncs(enqueue: Callable[[SyncRun], Any] | None = None) -> list[SyncRun]:
+    """Start a full sync of every source whose schedule is due.
+
+    Each gets a queued run (trigger "schedule"); ``enqueue(run)`` hands it to a worker (the Celery task
+    does), otherwise it runs here, synchronously.
+    """
+    runs = []
+    for source in due_sources():
+        run = SyncRun.objects.create(
+            source=source, kind=SyncRun.Kind.FULL, trigger=SyncRun.Trigger.SCHEDULE, status=SyncRun.Status.QUEUED
+        )
+        if enqueue is not None:
+            enqueue(run)
+        else:
+            run = run_full_sync(source, trigger=SyncRun.Trigger.SCHEDULE, run=run)
+        runs.append(run)
+    return runs
+
+
+__all__ = [
+    "RunStateError",
+    "approve_run",
+    "close_stale_runs",
+    "due_sources",
+    "reject_run",
+    "run_full_sync",
+    "run_scheduled_syncs",
+]

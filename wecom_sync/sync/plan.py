@@ -1,0 +1,399 @@
+"""The pure diff of the sync engine: remote objects + a plain description of local rows in, a Plan out.
+
+No ORM and no HTTP here (house rule 2): this is what makes dry runs free and the tests fast. Everything is
+keyed by WeCom ids (department ids, normalised userids); the apply layer maps them to primary keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
+
+#: (order, is_leader, is_main) of one membership.
+MembershipState = tuple[int, bool, bool]
+
+#: Raw user keys that only describe where a member sits: a change limited to these is a move.
+MOVE_KEYS = frozenset({"department", "main_department"})
+PLACEMENT_KEYS = MOVE_KEYS | {"order", "is_leader_in_dept"}
+
+
+class LocalDepartment(NamedTuple):
+    """What the plan needs to know of an ``ExternalDepartment`` row."""
+
+    pk: int
+    department_id: int
+    parent_id: int | None  # WeCom id of the current local parent
+    remote_parent_id: int | None
+    name: str
+    name_en: str
+    order: int
+    leaders: tuple[str, ...]
+    digest: str
+    is_removed: bool
+
+
+class LocalUser(NamedTuple):
+    """What the plan needs to know of an ``ExternalUser`` row."""
+
+    pk: int
+    userid: str
+    key: str
+    digest: str
+    status: int
+    is_removed: bool
+    user_pk: int | None
+
+
+@dataclass
+class LocalState:
+    """The local rows of one source, as plain values."""
+
+    departments: dict[int, LocalDepartment] = field(default_factory=dict)
+    users: dict[str, LocalUser] = field(default_factory=dict)
+    #: normalised userid -> {department id: (order, is_leader, is_main)}
+    memberships: dict[str, dict[int, MembershipState]] = field(default_factory=dict)
+
+
+@dataclass
+class DepartmentOp:
+    """Create, update, move or bring back one department."""
+
+    department_id: int
+    action: str  # created / updated / moved / reactivated
+    remote: RemoteDepartment
+    local: LocalDepartment | None
+    parent_id: int | None  # WeCom id of the desired local parent
+    fields: dict[str, list[Any]]
+
+
+@dataclass
+class UserOp:
+    """Create, update, move, (de)activate or re-key one user."""
+
+    key: str
+    action: str  # created / updated / moved / deactivated / reactivated
+    remote: RemoteUser
+    local: LocalUser | None
+    digest: str
+    content_changed: bool
+    memberships: dict[int, MembershipState]
+    added: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
+    renamed_from: str | None = None
+
+    @property
+    def memberships_changed(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+@dataclass
+class Plan:
+    """Everything a run would change. Unchanged objects appear only in the counters."""
+
+    department_ops: list[DepartmentOp] = field(default_factory=list)
+    department_removals: list[LocalDepartment] = field(default_factory=list)
+    user_ops: list[UserOp] = field(default_factory=list)
+    user_removals: list[LocalUser] = field(default_factory=list)
+    unchanged_departments: int = 0
+    unchanged_users: int = 0
+    removals_allowed: bool = False
+    #: local users that count for the removal threshold (not yet removed)
+    local_active_users: int = 0
+
+    @property
+    def user_creates(self) -> list[UserOp]:
+        return [op for op in self.user_ops if op.local is None]
+
+    @property
+    def user_updates(self) -> list[UserOp]:
+        return [op for op in self.user_ops if op.local is not None]
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.department_ops or self.department_removals or self.user_ops or self.user_removals)
+
+    def summary(self) -> dict[str, int]:
+        """Return counts per object type and action, in the run's counter format."""
+        out: dict[str, int] = {}
+        for op in self.department_ops:
+            out[f"departments_{op.action}"] = out.get(f"departments_{op.action}", 0) + 1
+        for op in self.user_ops:
+            out[f"users_{op.action}"] = out.get(f"users_{op.action}", 0) + 1
+        if self.department_removals:
+            out["departments_removed"] = len(self.department_removals)
+        if self.user_removals:
+            out["users_removed"] = len(self.user_removals)
+        out["departments_unchanged"] = self.unchanged_departments
+        out["users_unchanged"] = self.unchanged_users
+        return out
+
+
+def default_is_active(status: int) -> bool:
+    """Status 1 (and 4) count as active; used when no adapter is given."""
+    return status in (1, 4)
+
+
+def exceeds_threshold(removals: int, total: int, *, count: int, percent: int) -> bool:
+    """Whether removing ``removals`` of ``total`` users passes the source's removal threshold."""
+    if removals <= 0:
+        return False
+    if removals > count:
+        return True
+    return total > 0 and removals * 100 > percent * total
+
+
+def diff_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Return ``{key: [old, new]}`` for every top-level key whose value differs between two payloads."""
+    out: dict[str, list[Any]] = {}
+    for key in sorted(set(old) | set(new)):
+        if key in ("errcode", "errmsg"):
+            continue
+        if old.get(key) != new.get(key):
+            out[key] = [old.get(key), new.get(key)]
+    return out
+
+
+def refine_user_action(action: str, fields: Mapping[str, Any]) -> str:
+    """Turn ``updated`` into ``moved`` when only the member's departments changed."""
+    if action == "updated" and fields and set(fields) <= PLACEMENT_KEYS and set(fields) & MOVE_KEYS:
+        return "moved"
+    return action
+
+
+def _depth(dept_id: int, parents: Mapping[int, int | None]) -> int:
+    depth, seen = 0, {dept_id}
+    current = parents.get(dept_id)
+    while current is not None and current in parents and current not in seen:
+        seen.add(current)
+        depth += 1
+        current = parents.get(current)
+    return depth
+
+
+def local_parent_for(
+    remote: RemoteDepartment, root_id: int | None, universe: Mapping[int, Any] | set[int]
+) -> int | None:
+    """The local parent of a department: its WeCom parent if synced, else the synced root."""
+    if remote.id == root_id:
+        return None
+    if remote.parent_id is not None and remote.parent_id in universe and remote.parent_id != remote.id:
+        return remote.parent_id
+    if root_id is not None and root_id in universe:
+        return root_id
+    return None
+
+
+def plan_departments(
+    remote: Mapping[int, RemoteDepartment],
+    local: Mapping[int, LocalDepartment],
+    *,
+    root_id: int | None,
+    universe: set[int],
+) -> tuple[list[DepartmentOp], int]:
+    """Return the department operations (parents first) and the number of unchanged departments."""
+    ops: list[DepartmentOp] = []
+    unchanged = 0
+    for dept in remote.values():
+        parent = local_parent_for(dept, root_id, universe)
+        row = local.get(dept.id)
+        if row is None:
+            fields = {"name": [None, dept.name], "parent": [None, parent]}
+            ops.append(DepartmentOp(dept.id, "created", dept, None, parent, fields))
+            continue
+        fields = {}
+        for name, old, new in (
+            ("name", row.name, dept.name),
+            ("name_en", row.name_en, dept.name_en),
+            ("order", row.order, dept.order),
+            ("leaders", list(row.leaders), list(dept.leaders)),
+            ("parent", row.parent_id, parent),
+            ("remote_parent", row.remote_parent_id, dept.parent_id),
+        ):
+            if old != new:
+                fields[name] = [old, new]
+        if row.is_removed:
+            action = "reactivated"
+        elif "parent" in fields or "remote_parent" in fields:
+            action = "moved"
+        elif fields or row.digest != dept.digest:
+            action = "updated"
+        else:
+            unchanged += 1
+            continue
+        ops.append(DepartmentOp(dept.id, action, dept, row, parent, fields))
+    parents = {op.department_id: op.parent_id for op in ops}
+    ops.sort(key=lambda op: (_depth(op.department_id, parents), op.department_id))
+    return ops, unchanged
+
+
+def desired_memberships(remote: RemoteUser, universe: set[int] | Mapping[int, Any]) -> dict[int, MembershipState]:
+    """The memberships a remote user should have among the synced departments."""
+    return {
+        dept: (order, leader, main)
+        for dept, order, leader, main in remote.memberships()
+        if dept in universe
+    }
+
+
+def plan_users(
+    remote: Mapping[str, RemoteUser],
+    local: LocalState,
+    *,
+    universe: set[int],
+    is_active: Callable[[int], bool] = default_is_active,
+) -> tuple[list[UserOp], int]:
+    """Return the user operations and the number of unchanged users."""
+    ops: list[UserOp] = []
+    unchanged = 0
+    local_users = local.users
+    local_memberships = local.memberships
+    empty: dict[int, MembershipState] = {}
+    for key, user in remote.items():
+        row = local_users.get(key)
+        wanted = desired_memberships(user, universe)
+        digest = user.digest
+        if row is None:
+            ops.append(UserOp(key, "created", user, None, digest, True, wanted, added=tuple(sorted(wanted))))
+            continue
+        current = local_memberships.get(key, empty)
+        content_changed = row.digest != digest or row.userid != user.userid
+        if current == wanted:
+            added = removed = changed = ()
+        else:
+            added = tuple(sorted(set(wanted) - set(current)))
+            removed = tuple(sorted(set(current) - set(wanted)))
+            changed = tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d]))
+        if row.is_removed:
+            action = "reactivated"
+        elif is_active(row.status) and not is_active(user.status):
+            action = "deactivated"
+        elif not is_active(row.status) and is_active(user.status):
+            action = "reactivated"
+        elif content_changed:
+            action = "updated"
+        elif added or removed or changed:
+            action = "moved"
+        else:
+            unchanged += 1
+            continue
+        ops.append(UserOp(key, action, user, row, digest, content_changed, wanted, added, removed, changed))
+    return ops, unchanged
+
+
+def build_plan(
+    departments: Mapping[int, RemoteDepartment],
+    users: Mapping[str, RemoteUser],
+    local: LocalState,
+    *,
+    root_id: int | None,
+    full: bool,
+    complete: bool,
+    is_active: Callable[[int], bool] = default_is_active,
+) -> Plan:
+    """Diff remote objects against local state.
+
+    ``full``: the remote objects are the whole directory, so local objects missing from it are removal
+    candidates; removals are only planned when ``complete`` is also true (rule 1). With ``full=False``
+    (callback events) only the given objects are touched.
+    """
+    removals_allowed = full and complete
+    keep_local = {
+        d.department_id
+        for d in local.departments.values()
+        if not d.is_removed and not (removals_allowed and d.department_id not in departments)
+    }
+    universe = set(departments) | keep_local
+    dept_ops, dept_unchanged = plan_departments(departments, local.departments, root_id=root_id, universe=universe)
+    user_ops, user_unchanged = plan_users(users, local, universe=universe, is_active=is_active)
+    plan = Plan(
+        department_ops=dept_ops,
+        user_ops=user_ops,
+        unchanged_departments=dept_unchanged,
+        unchanged_users=user_unchanged,
+        removals_allowed=removals_allowed,
+        local_active_users=sum(1 for u in local.users.values() if not u.is_removed),
+    )
+    if removals_allowed:
+        plan.department_removals = [
+            d for d in local.departments.values() if not d.is_removed and d.department_id not in departments
+        ]
+        plan.department_removals.sort(key=lambda d: d.department_id)
+        plan.user_removals = [u for u in local.users.values() if not u.is_removed and u.key not in users]
+        plan.user_removals.sort(key=lambda u: u.key)
+    return plan
+
+
+def _contact_keys(name: str, values: Iterable[str]) -> set[tuple[str, str]]:
+    return {(name.strip(), v.strip().lower()) for v in values if v and v.strip() and name.strip()}
+
+
+def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local: LocalState) -> int:
+    """Turn (removed userid, new userid) pairs that are clearly the same person into renames.
+
+    A full sync sees a userid rename (WeCom's ``NewUserID``) as one member gone and one new. They are the
+    same person when they have the same name and share a non-empty biz_mail, email or mobile, and that
+    match is unique on both sides. ``contacts`` maps removal candidates' keys to their stored raw payload.
+    Returns the number of renames found; the plan is changed in place.
+    """
+    if not plan.user_removals:
+        return 0
+    creates = [op for op in plan.user_ops if op.local is None]
+    if not creates:
+        return 0
+    index: dict[tuple[str, str], list[str]] = {}
+    for key, raw in contacts.items():
+        values = (str(raw.get("biz_mail") or ""), str(raw.get("email") or ""), str(raw.get("mobile") or ""))
+        for ck in _contact_keys(str(raw.get("name") or ""), values):
+            index.setdefault(ck, []).append(key)
+    matches: dict[str, set[str]] = {}  # new key -> old keys
+    for op in creates:
+        r = op.remote
+        for ck in _contact_keys(r.name, (r.biz_mail, r.email, r.mobile)):
+            for old in index.get(ck, ()):
+                matches.setdefault(op.key, set()).add(old)
+    claimed: dict[str, list[str]] = {}
+    for new, olds in matches.items():
+        if len(olds) == 1:
+            claimed.setdefault(next(iter(olds)), []).append(new)
+    pairs = {news[0]: old for old, news in claimed.items() if len(news) == 1}
+    if not pairs:
+        return 0
+    removed_keys = set(pairs.values())
+    for op in plan.user_ops:
+        old_key = pairs.get(op.key)
+        if old_key is None:
+            continue
+        row = local.users[old_key]
+        current = local.memberships.get(old_key, {})
+        wanted = op.memberships
+        op.local = row
+        op.renamed_from = row.userid
+        op.action = "reactivated" if row.is_removed else "updated"
+        op.content_changed = True
+        op.added = tuple(sorted(set(wanted) - set(current)))
+        op.removed = tuple(sorted(set(current) - set(wanted)))
+        op.changed = tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d]))
+    plan.user_removals = [u for u in plan.user_removals if u.key not in removed_keys]
+    return len(pairs)
+
+
+__all__ = [
+    "DepartmentOp",
+    "LocalDepartment",
+    "LocalState",
+    "LocalUser",
+    "Plan",
+    "UserOp",
+    "build_plan",
+    "default_is_active",
+    "desired_memberships",
+    "detect_renames",
+    "diff_fields",
+    "exceeds_threshold",
+    "normalize_userid",
+    "refine_user_action",
+]

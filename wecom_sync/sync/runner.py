@@ -1,0 +1,227 @@
+"""One full sync or dry run: lock → fetch → plan → apply → log. Called by ``services.run_full_sync``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from ..adapter import get_adapter
+from ..exceptions import WeComError
+from ..models import SyncRun, SyncSource
+from ..signals import sync_finished
+from ..snapshot import Snapshot
+from . import lock
+from .apply import Applier, load_contacts, load_local_state
+from .plan import build_plan, detect_renames, exceeds_threshold
+
+logger = logging.getLogger(__name__)
+
+#: progress(phase, done, total) with phase "fetch" or "apply"
+ProgressCallback = Callable[[str, int, int], None]
+
+#: Seconds between two heartbeat UPDATEs while fetching.
+HEARTBEAT_EVERY = 2.0
+
+
+def fetch(source: SyncSource, progress: Callable[[int, int], None] | None = None) -> Snapshot:
+    """Fetch the complete directory of ``source`` (the one place the engine talks to WeCom)."""
+    from ..client import fetch_snapshot
+
+    return fetch_snapshot(source, progress=progress)
+
+
+class _Heartbeat:
+    """Progress callback for the fetch: throttled UPDATEs of the run's progress, from the run's thread only."""
+
+    def __init__(self, run: SyncRun, progress: ProgressCallback | None) -> None:
+        self.run = run
+        self.progress = progress
+        self.thread = threading.get_ident()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress("fetch", done, total)
+        now = time.monotonic()
+        if threading.get_ident() != self.thread or now - self.last < HEARTBEAT_EVERY:
+            return
+        self.last = now
+        SyncRun.objects.filter(pk=self.run.pk).update(
+            progress_done=done, progress_total=total, heartbeat_at=timezone.now()
+        )
+
+
+def _problems_message(snapshot: Snapshot) -> str:
+    shown = "; ".join(f"{p.scope}: {p.message}" for p in snapshot.problems[:5])
+    more = len(snapshot.problems) - 5
+    text = _("%(count)d part(s) of the directory could not be fetched, so nothing was removed: %(shown)s") % {
+        "count": len(snapshot.problems),
+        "shown": shown,
+    }
+    if more > 0:
+        text += " " + _("(and %(more)d more)") % {"more": more}
+    return text
+
+
+def _finish(run: SyncRun, status: str, message: str = "") -> SyncRun:
+    run.status = status
+    run.finished_at = timezone.now()
+    run.heartbeat_at = run.finished_at
+    if message:
+        run.message = (run.message + "\n" + message).strip() if run.message else message
+    run.save(
+        update_fields=[
+            "status", "finished_at", "heartbeat_at", "message", "counters", "progress_done", "progress_total",
+            "snapshot_complete", "started_at",
+        ]
+    )
+    return run
+
+
+def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRun:
+    """Run a queued full sync or dry run to its end and return it (never raises for a sync failure)."""
+    source = run.source
+    dry_run = run.kind == SyncRun.Kind.DRY_RUN
+    if not dry_run and not lock.acquire(source, run):
+        holder = lock.holder(source)
+        _finish(
+            run,
+            SyncRun.Status.CANCELLED,
+            _("Another sync of this source is running (run #%(run)s); this one was not started.") % {"run": holder},
+        )
+        logger.info("wecom_sync.run.refused", extra={"run_id": run.pk, "source_id": source.pk, "holder": holder})
+        sync_finished.send(sender=SyncRun, run=run, source=source)
+        return run
+    try:
+        return _execute_locked(run, source, dry_run, progress)
+    finally:
+        if not dry_run:
+            lock.release(source, run)
+        sync_finished.send(sender=SyncRun, run=run, source=source)
+
+
+def _execute_locked(run: SyncRun, source: SyncSource, dry_run: bool, progress: ProgressCallback | None) -> SyncRun:
+    now = timezone.now()
+    run.status = SyncRun.Status.RUNNING
+    run.started_at = now
+    run.heartbeat_at = now
+    run.save(update_fields=["status", "started_at", "heartbeat_at"])
+    logger.info("wecom_sync.run.started", extra={"run_id": run.pk, "source_id": source.pk, "dry_run": dry_run})
+    started = time.monotonic()
+    try:
+        snapshot = fetch(source, _Heartbeat(run, progress))
+    except WeComError as exc:
+        logger.warning("wecom_sync.run.fetch_failed", extra={"run_id": run.pk, "error_type": type(exc).__name__})
+        return _finish(run, SyncRun.Status.FAILED, _("The directory could not be fetched: %(error)s") % {"error": exc})
+    except Exception as exc:  # noqa: BLE001 - the run must end with a status, whatever happened
+        logger.exception("wecom_sync.run.fetch_crashed", extra={"run_id": run.pk})
+        return _finish(run, SyncRun.Status.FAILED, _("The fetch failed unexpectedly (%(type)s).") % {
+            "type": type(exc).__name__})
+    fetch_seconds = time.monotonic() - started
+    run.snapshot_complete = snapshot.complete
+    try:
+        return _plan_and_apply(run, source, snapshot, dry_run, progress, fetch_seconds)
+    except Exception as exc:  # noqa: BLE001 - a crash in apply still ends the run, as failed
+        logger.exception("wecom_sync.run.apply_crashed", extra={"run_id": run.pk})
+        return _finish(run, SyncRun.Status.FAILED, _("The sync failed unexpectedly (%(type)s: %(error)s).") % {
+            "type": type(exc).__name__, "error": str(exc)[:500]})
+
+
+def _plan_and_apply(
+    run: SyncRun,
+    source: SyncSource,
+    snapshot: Snapshot,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    fetch_seconds: float,
+) -> SyncRun:
+    adapter = get_adapter()
+    local = load_local_state(source)
+    plan = build_plan(
+        snapshot.departments,
+        snapshot.users,
+        local,
+        root_id=snapshot.root_department_id,
+        full=True,
+        complete=snapshot.complete,
+        is_active=adapter.is_active_for_status,
+    )
+    renames = 0
+    if plan.user_removals and any(op.local is None for op in plan.user_ops):
+        renames = detect_renames(plan, load_contacts(source, [u.key for u in plan.user_removals]), local)
+    del local
+    held = (
+        plan.removals_allowed
+        and not run.force
+        and exceeds_threshold(
+            len(plan.user_removals),
+            plan.local_active_users,
+            count=source.removal_threshold_count,
+            percent=source.removal_threshold_percent,
+        )
+    )
+    applier = Applier(
+        source,
+        run,
+        dry_run=dry_run,
+        adapter=adapter,
+        track_progress=True,
+        on_progress=(lambda done, total: progress("apply", done, total)) if progress else None,
+    )
+    applier.apply(plan, hold_removals=held)
+    counters = dict(sorted(applier.counters.items()))
+    counters["departments_unchanged"] = plan.unchanged_departments
+    counters["users_unchanged"] = plan.unchanged_users
+    counters["users_renamed"] = renames
+    counters["remote_users"] = len(snapshot.users)
+    counters["remote_departments"] = len(snapshot.departments)
+    counters["api_calls"] = snapshot.api_calls
+    counters["fetch_seconds"] = round(fetch_seconds, 3)
+    run.counters = counters
+    run.progress_done = applier.done
+    run.progress_total = max(applier.total, applier.done)
+    failures = counters.get("users_failed", 0) + counters.get("departments_failed", 0)
+    messages = []
+    if not snapshot.complete:
+        messages.append(_problems_message(snapshot))
+    if failures:
+        messages.append(_("%(count)d object(s) could not be applied; see the failed changes.") % {"count": failures})
+    if held:
+        messages.append(
+            _(
+                "%(count)d user(s) would be removed, above this source's threshold (%(limit)d users or "
+                "%(percent)d%%): nothing was removed. Approve or reject the run."
+            )
+            % {
+                "count": len(plan.user_removals),
+                "limit": source.removal_threshold_count,
+                "percent": source.removal_threshold_percent,
+            }
+        )
+    if held and not dry_run:
+        status = SyncRun.Status.HELD
+    elif not snapshot.complete or failures:
+        status = SyncRun.Status.PARTIAL
+    else:
+        status = SyncRun.Status.SUCCEEDED
+    if dry_run:
+        messages.insert(0, _("Dry run: nothing was applied; the changes below are the plan."))
+    _finish(run, status, "\n".join(str(m) for m in messages))
+    if not dry_run:
+        SyncSource.objects.filter(pk=source.pk).update(last_synced_at=run.finished_at)
+        superseded = SyncRun.objects.filter(source=source, status=SyncRun.Status.HELD, pk__lt=run.pk)
+        superseded.update(
+            status=SyncRun.Status.CANCELLED,
+            message=_("Superseded by run #%(run)s: a newer sync ran before this one was decided.") % {"run": run.pk},
+            finished_at=timezone.now(),
+        )
+    logger.info(
+        "wecom_sync.run.finished",
+        extra={"run_id": run.pk, "source_id": source.pk, "status": run.status, "counters": counters},
+    )
+    return run
