@@ -199,7 +199,9 @@ class WeComSimulator:
         self._server = _Server(self)
         host, port = self._server.server_address[:2]
         self.base_url = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="wecom-simulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="wecom-simulator", daemon=True
+        )
         self._thread.start()
         return self
 
