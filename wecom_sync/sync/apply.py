@@ -549,10 +549,10 @@ class Applier:
             fields = diff_fields(ext.raw or {}, op.remote.raw) if op.content_changed else {}
             if op.renamed_from is not None or ext.userid != op.remote.userid:
                 fields["userid"] = [ext.userid, op.remote.userid]
+            action = refine_user_action(op.action, fields)
             if op.memberships_changed:
                 fields["memberships"] = {"added": list(op.added), "removed": list(op.removed),
                                          "changed": list(op.changed)}
-            action = refine_user_action(op.action, fields)
             django_fields: set[str] = set()
             if op.key in orphan_keys:
                 # The Django user was deleted (removal policy "delete") or unlinked: provision a new one.
