@@ -1,0 +1,415 @@
+"""Processing the callback inbox: one event (and the pending events it coalesces), retries, requeueing.
+
+An event means "this object changed"; its payload is not trusted for content (since 2022-08-15 it carries
+ids only). Processing re-fetches the current state with ``user/get`` / ``department/get`` and applies it
+through the full sync's apply code, so the order in which events arrive cannot roll an object back: a
+late, older event re-applies the current state. A delete is confirmed the same way (the re-fetch must say
+the object is gone), so a stale delete_user cannot remove a member who exists again.
+
+Events of one source are processed one at a time (the source row is locked for the duration), which
+serialises concurrent workers without a lock per object. Pending events about the same object are
+handled together: one re-fetch, all marked applied with the same SyncRun.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .callbacks import DEPARTMENT_CHANGE_TYPES, USER_CHANGE_TYPES
+from .conf import app_settings
+from .exceptions import WeComAPIError
+from .models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
+from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
+
+logger = logging.getLogger("wecom_sync.events")
+
+#: user/get errcodes meaning "this member does not exist (any more)".
+USER_GONE_ERRCODES = frozenset({60111, 40003})
+#: department/get errcodes meaning "this department does not exist (any more)".
+DEPARTMENT_GONE_ERRCODES = frozenset({60123, 60003})
+#: While a full sync holds the source's lock, events wait this long before they are tried again.
+DEFER_SECONDS = 30
+RETRY_BASE_SECONDS = 60
+RETRY_MAX_SECONDS = 3600
+REQUEUE_BATCH = 500
+
+_SECRET_PARAM_RE = re.compile(r"(access_token|corpsecret|secret|token)=[^&\s'\"]+", re.IGNORECASE)
+
+Status = CallbackEvent.Status
+
+
+def safe_error(exc: BaseException) -> str:
+    """Return a short description of an error with any secret-looking query parameter masked."""
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, WeComAPIError) else str(exc)
+    return _SECRET_PARAM_RE.sub(r"\1=***", text)[:2000]
+
+
+# -- scheduling -----------------------------------------------------------------------------------------
+
+
+def enqueue_event(event_id: int) -> bool:
+    """Send an event to the process_callback_event task; log and return False if the broker is down.
+
+    A failed send loses nothing: the event stays pending and requeue_pending_events sends it again.
+    """
+    from .tasks import process_callback_event  # tasks sit on top of this module
+
+    try:
+        process_callback_event.apply_async(
+            (event_id,),
+            retry=True,
+            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        )
+    except Exception as exc:  # noqa: BLE001 - any broker failure must not fail the callback
+        logger.warning(
+            "wecom_sync.callback.enqueue_failed",
+            extra={"event_id": event_id, "error": type(exc).__name__},
+        )
+        return False
+    return True
+
+
+def _enqueue_after_commit(event_ids: Iterable[int]) -> None:
+    for event_id in event_ids:
+        transaction.on_commit(lambda event_id=event_id: enqueue_event(event_id))
+
+
+def reprocess_events(queryset_or_ids: QuerySet[CallbackEvent] | Iterable[int]) -> int:
+    """Reset events to pending (attempts and error cleared) and enqueue them; return how many."""
+    if isinstance(queryset_or_ids, QuerySet):
+        ids = list(queryset_or_ids.values_list("pk", flat=True))
+    else:
+        ids = [int(pk) for pk in queryset_or_ids]
+    with transaction.atomic():
+        count = CallbackEvent.objects.filter(pk__in=ids).update(
+            status=Status.PENDING, attempts=0, last_error="", next_attempt_at=None, processed_at=None
+        )
+        _enqueue_after_commit(sorted(ids))
+    logger.info("wecom_sync.events.reprocess", extra={"count": count})
+    return count
+
+
+def requeue_pending_events(*, now: Any = None, limit: int = REQUEUE_BATCH) -> int:
+    """Enqueue pending events that were never sent (older than EVENT_REQUEUE_AFTER_SECONDS) or are due a retry.
+
+    Each requeued event is leased for EVENT_REQUEUE_AFTER_SECONDS, so a slow queue is not flooded with
+    copies (processing is idempotent anyway).
+    """
+    now = now or timezone.now()
+    after = timedelta(seconds=app_settings.EVENT_REQUEUE_AFTER_SECONDS)
+    due = Q(next_attempt_at__isnull=True, received_at__lte=now - after) | Q(next_attempt_at__lte=now)
+    with transaction.atomic():
+        ids = list(
+            CallbackEvent.objects.filter(due, status=Status.PENDING, source__enabled=True)
+            .order_by("received_at", "pk")
+            .values_list("pk", flat=True)[:limit]
+        )
+        CallbackEvent.objects.filter(pk__in=ids).update(next_attempt_at=now + after)
+        _enqueue_after_commit(ids)
+    if ids:
+        logger.info("wecom_sync.events.requeued", extra={"count": len(ids)})
+    return len(ids)
+
+
+# -- processing -----------------------------------------------------------------------------------------
+
+
+def object_kind(event: CallbackEvent) -> str:
+    """Return "user", "department", or "" for an event that is not processed (ignored)."""
+    if event.event != "change_contact" or not event.object_id:
+        return ""
+    if event.change_type in USER_CHANGE_TYPES:
+        return "user"
+    if event.change_type in DEPARTMENT_CHANGE_TYPES and event.object_id.isdigit():
+        return "department"
+    return ""
+
+
+def _new_userid(event: CallbackEvent) -> str:
+    value = (event.payload or {}).get("NewUserID", "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _userid(event: CallbackEvent) -> str:
+    value = (event.payload or {}).get("UserID", "")
+    return value.strip() if isinstance(value, str) else event.object_id
+
+
+@dataclass
+class _Outcome:
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: dict[str, int] | None) -> None:
+        for key, value in (result or {}).items():
+            if isinstance(value, int):
+                self.counters[key] = self.counters.get(key, 0) + value
+
+
+def _user_group(source: SyncSource, event: CallbackEvent) -> list[CallbackEvent]:
+    """Pending user events about the same member, following userid renames in both directions."""
+    pending = CallbackEvent.objects.filter(
+        source=source, status=Status.PENDING, event="change_contact", change_type__in=USER_CHANGE_TYPES
+    )
+    renames = [
+        (e.object_id, normalize_userid(_new_userid(e)))
+        for e in pending.filter(change_type="update_user", payload__has_key="NewUserID")
+        if _new_userid(e)
+    ]
+    keys = {event.object_id}
+    changed = True
+    while changed:
+        changed = False
+        for old, new in renames:
+            if (old in keys) != (new in keys):
+                keys.update((old, new))
+                changed = True
+    return list(pending.filter(object_id__in=keys).order_by("create_time", "pk"))
+
+
+def _department_group(source: SyncSource, event: CallbackEvent) -> list[CallbackEvent]:
+    return list(
+        CallbackEvent.objects.filter(
+            source=source,
+            status=Status.PENDING,
+            event="change_contact",
+            change_type__in=DEPARTMENT_CHANGE_TYPES,
+            object_id=event.object_id,
+        ).order_by("create_time", "pk")
+    )
+
+
+def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], outcome: _Outcome) -> None:
+    from .client import WeComClient
+    from .sync.apply import apply_remote_objects, remove_users, rename_user
+
+    renames = sorted(
+        ((e.create_time, e.pk, _userid(e), _new_userid(e)) for e in group if _new_userid(e)),
+        key=lambda r: (r[0], r[1]),
+    )
+    for _ct, _pk, old, new in renames:
+        renamed = rename_user(source, run, old, new)
+        outcome.add({"renamed": 1 if renamed else 0})
+
+    def final_userid(userid: str, since: int) -> str:
+        # Follow the renames made at or after `since`: the member now answers to the last new userid.
+        current = userid
+        for ct, _pk, old, new in renames:
+            if ct >= since and normalize_userid(old) == normalize_userid(current):
+                current = new
+        return current
+
+    targets: dict[str, str] = {}
+    for e in group:
+        userid = final_userid(_new_userid(e) or _userid(e), e.create_time)
+        targets.setdefault(normalize_userid(userid), userid)
+
+    client = WeComClient.from_source(source)
+    found: list[RemoteUser] = []
+    gone: list[str] = []
+    for userid in targets.values():
+        try:
+            found.append(RemoteUser.from_api(client.get_user(userid)))
+        except WeComAPIError as exc:
+            if exc.errcode not in USER_GONE_ERRCODES:
+                raise
+            gone.append(userid)
+    if found:
+        outcome.add(apply_remote_objects(source, run, users=found))
+    if gone:
+        outcome.add(remove_users(source, run, gone))
+
+
+def _apply_departments(
+    source: SyncSource, run: SyncRun, group: list[CallbackEvent], outcome: _Outcome
+) -> None:
+    from .client import WeComClient
+    from .sync.apply import apply_remote_objects, remove_departments
+
+    department_id = int(group[0].object_id)
+    client = WeComClient.from_source(source)
+    try:
+        remote = RemoteDepartment.from_api(client.get_department(department_id))
+    except WeComAPIError as exc:
+        if exc.errcode not in DEPARTMENT_GONE_ERRCODES:
+            raise
+        outcome.add(remove_departments(source, run, [department_id]))
+        return
+    outcome.add(apply_remote_objects(source, run, departments=[remote]))
+
+
+def _full_sync_holds_lock(source: SyncSource) -> bool:
+    """Tell whether a live full sync holds the source's lock (its snapshot may predate this event)."""
+    from .sync.lock import is_stale
+
+    if source.lock_run_id is None:
+        return False
+    holder = SyncRun.objects.filter(pk=source.lock_run_id).first()
+    return (
+        holder is not None
+        and holder.kind != SyncRun.Kind.EVENTS
+        and holder.status == SyncRun.Status.RUNNING
+        and not is_stale(holder)
+    )
+
+
+def _finish_without_run(event: CallbackEvent, status: str, reason: str) -> str:
+    event.status = status
+    event.processed_at = timezone.now()
+    event.last_error = reason
+    event.next_attempt_at = None
+    event.save(update_fields=["status", "processed_at", "last_error", "next_attempt_at"])
+    logger.info(
+        "wecom_sync.events.%s", status,
+        extra={"event_id": event.pk, "change_type": event.change_type, "reason": reason},
+    )
+    return status
+
+
+def _process_locked(event_id: int) -> str | None:
+    """Process one event inside a transaction that holds the source's row lock."""
+    event = CallbackEvent.objects.filter(pk=event_id).only("source_id").first()
+    if event is None:
+        return None
+    source = SyncSource.objects.select_for_update().get(pk=event.source_id)
+    event = CallbackEvent.objects.get(pk=event_id)  # re-read under the lock
+    if event.status != Status.PENDING:
+        return event.status
+    if not source.enabled:
+        return _finish_without_run(event, Status.IGNORED, "The source is disabled.")
+    kind = object_kind(event)
+    if not kind:
+        return _finish_without_run(event, Status.IGNORED, "")
+    if _full_sync_holds_lock(source):
+        event.next_attempt_at = timezone.now() + timedelta(seconds=DEFER_SECONDS)
+        event.save(update_fields=["next_attempt_at"])
+        logger.info("wecom_sync.events.deferred", extra={"event_id": event.pk, "reason": "full_sync_running"})
+        return event.status
+
+    now = timezone.now()
+    run = SyncRun.objects.create(
+        source=source,
+        kind=SyncRun.Kind.EVENTS,
+        trigger=SyncRun.Trigger.CALLBACK,
+        status=SyncRun.Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    group = _user_group(source, event) if kind == "user" else _department_group(source, event)
+    if event.pk not in {e.pk for e in group}:
+        group.append(event)
+    outcome = _Outcome()
+    if kind == "user":
+        _apply_users(source, run, group, outcome)
+    else:
+        _apply_departments(source, run, group, outcome)
+
+    SyncRunChange.objects.bulk_create(
+        SyncRunChange(
+            run=run,
+            object_type=SyncRunChange.ObjectType.EVENT,
+            external_id=str(e.pk),
+            display_name=f"{e.change_type} {e.object_id}"[:255],
+            action=SyncRunChange.Action.SKIPPED,
+            fields={"coalesced_into": event.pk},
+        )
+        for e in group
+        if e.pk != event.pk
+    )
+    finished = timezone.now()
+    outcome.counters["events"] = len(group)
+    failed = sum(v for k, v in outcome.counters.items() if k.endswith("_failed"))
+    run.status = SyncRun.Status.PARTIAL if failed else SyncRun.Status.SUCCEEDED
+    run.finished_at = finished
+    run.counters = outcome.counters
+    run.save(update_fields=["status", "finished_at", "counters"])
+    if failed:
+        # The objects that could be applied are; the event is retried (and then kept failed) for the rest.
+        others = [e.pk for e in group if e.pk != event.pk]
+        CallbackEvent.objects.filter(pk__in=others).update(
+            status=Status.APPLIED, run=run, processed_at=finished, last_error="", next_attempt_at=None
+        )
+        message = _("%(count)d object(s) could not be applied; see the run's failed changes.") % {"count": failed}
+        return _count_failed_attempt(event, run, str(message))
+    CallbackEvent.objects.filter(pk__in=[e.pk for e in group]).update(
+        status=Status.APPLIED, run=run, processed_at=finished, last_error="", next_attempt_at=None
+    )
+    logger.info(
+        "wecom_sync.events.applied",
+        extra={"event_id": event.pk, "run_id": run.pk, "coalesced": len(group) - 1, "kind": kind},
+    )
+    return Status.APPLIED
+
+
+def _count_failed_attempt(event: CallbackEvent, run: SyncRun, error: str) -> str:
+    """Count one failed attempt: schedule a retry with backoff, or keep the event failed at the limit."""
+    now = timezone.now()
+    event.attempts += 1
+    event.last_error = error
+    event.run = run
+    if event.attempts >= app_settings.EVENT_MAX_ATTEMPTS:
+        event.status = Status.FAILED
+        event.processed_at = now
+        event.next_attempt_at = None
+    else:
+        delay = min(RETRY_BASE_SECONDS * 2 ** (event.attempts - 1), RETRY_MAX_SECONDS)
+        event.next_attempt_at = now + timedelta(seconds=delay)
+    event.save(update_fields=["attempts", "last_error", "run", "status", "processed_at", "next_attempt_at"])
+    logger.warning(
+        "wecom_sync.events.failed",
+        extra={"event_id": event.pk, "attempts": event.attempts, "status": event.status, "run_id": run.pk},
+    )
+    return event.status
+
+
+def _record_failure(event_id: int, exc: BaseException) -> str | None:
+    """Record an attempt that raised (everything it did was rolled back) in a failed run, and count it."""
+    error = safe_error(exc)
+    with transaction.atomic():
+        event = CallbackEvent.objects.select_for_update().filter(pk=event_id).first()
+        if event is None:
+            return None
+        now = timezone.now()
+        run = SyncRun.objects.create(
+            source_id=event.source_id,
+            kind=SyncRun.Kind.EVENTS,
+            trigger=SyncRun.Trigger.CALLBACK,
+            status=SyncRun.Status.FAILED,
+            started_at=now,
+            finished_at=now,
+            message=error,
+            counters={"events": 1, "event_failed": 1},
+        )
+        SyncRunChange.objects.create(
+            run=run,
+            object_type=SyncRunChange.ObjectType.EVENT,
+            external_id=str(event.pk),
+            display_name=f"{event.change_type} {event.object_id}"[:255],
+            action=SyncRunChange.Action.FAILED,
+            error=error,
+        )
+        return _count_failed_attempt(event, run, error)
+
+
+def process_event(event_id: int) -> str | None:
+    """Process one inbox event (and coalesce the pending events about the same object); return its status.
+
+    Idempotent: an event that is no longer pending is left alone. A failure rolls back whatever the
+    attempt changed, is recorded on the event and in a failed SyncRun, and is retried with backoff by
+    requeue_pending_events until EVENT_MAX_ATTEMPTS, after which the event stays failed.
+    """
+    try:
+        with transaction.atomic():
+            return _process_locked(event_id)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the event, none is lost
+        logger.debug("wecom_sync.events.error", exc_info=True)
+        return _record_failure(event_id, exc)

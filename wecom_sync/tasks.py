@@ -1,0 +1,58 @@
+"""Celery tasks of wecom_sync: thin wrappers that load by primary key and call one service function."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import events, services
+from .models import SyncRun, SyncSource
+
+
+@shared_task(name="wecom_sync.tasks.full_sync", bind=True, ignore_result=True)
+def full_sync(
+    self,  # noqa: ANN001 - the bound Celery task
+    source_id: int,
+    dry_run: bool = False,
+    force: bool = False,
+    trigger: str = SyncRun.Trigger.API,
+    run_id: int | None = None,
+) -> int | None:
+    """Run a full sync (or dry run) of one source; return the run id, or None if the source is gone."""
+    source = SyncSource.objects.filter(pk=source_id).first()
+    if source is None:
+        return None
+    run = SyncRun.objects.filter(pk=run_id, source=source).first() if run_id else None
+    if run is not None and run.is_finished:
+        return run.pk
+    if run is not None and self.request.id:
+        run.task_id = self.request.id
+        run.save(update_fields=["task_id"])
+    return services.run_full_sync(source, dry_run=dry_run, force=force, trigger=trigger, run=run).pk
+
+
+@shared_task(name="wecom_sync.tasks.run_scheduled_syncs", ignore_result=True)
+def run_scheduled_syncs() -> int:
+    """Enqueue a full sync of every source whose schedule is due (periodic, every minute)."""
+
+    def enqueue(run: SyncRun) -> None:
+        full_sync.delay(run.source_id, trigger=SyncRun.Trigger.SCHEDULE, run_id=run.pk)
+
+    return len(services.run_scheduled_syncs(enqueue=enqueue))
+
+
+@shared_task(name="wecom_sync.tasks.close_stale_runs", ignore_result=True)
+def close_stale_runs() -> int:
+    """Close runs whose worker died (no heartbeat) as failed and free their locks (periodic)."""
+    return services.close_stale_runs()
+
+
+@shared_task(name="wecom_sync.tasks.process_callback_event", ignore_result=True)
+def process_callback_event(event_id: int) -> str | None:
+    """Process one stored callback event (idempotent; failures are recorded on the event and retried)."""
+    return events.process_event(event_id)
+
+
+@shared_task(name="wecom_sync.tasks.requeue_pending_events", ignore_result=True)
+def requeue_pending_events() -> int:
+    """Re-enqueue pending events that were never sent or are due a retry (periodic, every minute)."""
+    return events.requeue_pending_events()
