@@ -105,6 +105,41 @@ def test_one_gettoken_for_eight_threads_with_an_empty_cache(sim):
     assert len(tokens) == 8 and len(set(tokens)) == 1
 
 
+def _worker_token(base_url: str, corp_id: str, secret: str, barrier, queue) -> None:
+    client = WeComClient(corp_id, secret, base_url=base_url, cache_alias="shared_tokens")
+    barrier.wait()
+    queue.put(client.get_access_token())
+
+
+@pytest.mark.redis
+def test_one_gettoken_for_four_processes_sharing_redis(sim, redis_url):
+    """Separate worker processes (the production case) share the token through Redis: one gettoken."""
+    import multiprocessing
+
+    caches_setting = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared_tokens": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url,
+                          "KEY_PREFIX": f"test-client-{time.time_ns()}"},
+    }
+    sim.faults.delay(0.3, path="gettoken")
+    context = multiprocessing.get_context("fork")
+    with override_settings(CACHES=caches_setting):
+        barrier, queue = context.Barrier(4), context.Queue()
+        processes = [
+            context.Process(target=_worker_token, args=(sim.base_url, sim.corp_id, sim.app_secret, barrier, queue))
+            for _ in range(4)
+        ]
+        for process in processes:
+            process.start()
+        tokens = [queue.get(timeout=30) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+        caches["shared_tokens"].clear()
+    assert all(process.exitcode == 0 for process in processes)
+    assert len(set(tokens)) == 1
+    assert gettoken_calls(sim) == 1
+
+
 def test_a_worker_waits_for_the_token_another_worker_is_fetching(sim):
     """The cross-process path: the cache lock is held elsewhere, so this client waits and re-reads."""
     client = app_client(sim)
