@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", choices=["app", "contact_sync", "both"], default="both")
+    parser.add_argument("--user-get-sample", type=int, default=5000,
+                        help="also time this many user/get calls (FETCH_CONCURRENCY threads) and extrapolate "
+                             "to one call per user; 0 to skip")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -69,6 +72,22 @@ def main() -> None:
             print(f"fetch [{strategy}]: {elapsed:.2f} s, {snapshot.api_calls:,} API calls ({calls}); "
                   f"{len(snapshot.users):,} users, {len(snapshot.departments):,} departments, "
                   f"complete={snapshot.complete}")
+        if args.user_get_sample:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from wecom_sync.client import WeComClient
+
+            client = WeComClient(sim.corp_id, sim.app_secret, base_url=sim.base_url)
+            sample = list(org.users)[: args.user_get_sample]
+            client.get_access_token()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(app_settings.FETCH_CONCURRENCY) as pool:
+                list(pool.map(client.get_user, sample))
+            elapsed = time.perf_counter() - started
+            per_call = elapsed / len(sample)
+            print(f"user/get: {len(sample):,} calls in {elapsed:.2f} s ({per_call * 1000:.2f} ms each); one per "
+                  f"user would take ~{per_call * len(org.users):.0f} s here, and at WeCom's 10,000 calls/min "
+                  f"per API at least {len(org.users) / 10_000:.0f} min")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak:.0f} MB")
 
