@@ -396,6 +396,16 @@ def test_both_strategies_fetch_the_same_snapshot(sim):
 
 
 @pytest.mark.django_db
+def test_automatic_strategy_follows_the_contact_sync_secret(sim):
+    fetch_snapshot(source_for(sim))  # fetch_strategy "auto" with a contact-sync secret
+    assert sim.calls["/cgi-bin/user/list_id"] == 1
+    sim.reset_calls()
+    snapshot = fetch_snapshot(source_for(sim, contact_sync_secret=""))
+    assert sim.calls["/cgi-bin/user/list_id"] == 0 and sim.calls["/cgi-bin/department/simplelist"] == 0
+    assert snapshot.complete and len(snapshot.users) == len(sim.org.users)
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("strategy", ["app", "contact_sync"])
 def test_snapshot_covers_only_the_root_subtree(sim, strategy):
     root = max(sim.org.children(1), key=lambda d: len(sim.org.subtree(d)))

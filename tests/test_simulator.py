@@ -292,6 +292,11 @@ def test_user_mutations_and_trimmed_events(simulator):
     assert full["ChangeType"] == "update_user" and full["Position"] == "工程师"
     assert "Mobile" not in full, "update_user carries only the changed attributes"
 
+    both = simulator.update_user("NewPerson", department=[dept_b], main_department=dept_b, full_payload=True)
+    assert parse_event(both)["Department"] == str(dept_b) and parse_event(both)["MainDepartment"] == str(dept_b)
+    served = api(simulator, "user/get", token, userid="NewPerson").json()
+    assert (served["department"], served["main_department"], len(served["order"])) == ([dept_b], dept_b, 1)
+
     rename = parse_event(simulator.rename_userid("NewPerson", "new.person"))
     assert (rename["UserID"], rename["NewUserID"]) == ("NewPerson", "new.person")
     assert api(simulator, "user/get", token, userid="NewPerson").json()["errcode"] == 60111

@@ -458,8 +458,9 @@ class _Fetch:
         # Department details: one department/list call, then department/get for any it did not return.
         try:
             listed = {int(item["id"]): item for item in detail.list_departments(self.root)}
-        except WeComAPIError as exc:
-            logger.info("wecom_sync.client.department_list_fallback", extra={"errcode": exc.errcode})
+        except WeComError as exc:  # e.g. outside the app's scope: department/get per id says which
+            logger.info("wecom_sync.client.department_list_fallback",
+                        extra={"errcode": getattr(exc, "errcode", None)})
             listed = {}
         missing = [dept_id for dept_id in subtree if dept_id not in listed]
         self.plan(len(missing))

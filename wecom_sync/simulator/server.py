@@ -487,15 +487,19 @@ class WeComSimulator:
             raise SimulatorError(40058, "use rename_userid() to change a userid")
         with self._lock:
             user = self._user(userid)
+            changed = list(fields)
             if "department" in fields:
-                departments = self._check_departments(fields["department"])
-                self._set_departments(user, departments, fields.get("main_department"))
+                departments = self._check_departments(fields.pop("department"))
+                self._set_departments(user, departments, fields.pop("main_department", None))
+                changed += ["main_department", "is_leader_in_dept"]
+            elif "main_department" in fields and fields["main_department"] not in user["department"]:
+                raise SimulatorError(40058, "main_department must be one of the departments")
             if self.org.restricted_fields:
                 for field in RESTRICTED_USER_FIELDS:
                     fields.pop(field, None)
             user.update(fields)
             self.org.invalidate()
-            payload = user_fields("update_user", user, full=full_payload, changed=list(fields))
+            payload = user_fields("update_user", user, full=full_payload, changed=changed)
         return self._emit("update_user", payload, deliver)
 
     def _set_departments(self, user: dict[str, Any], departments: list[int], main: int | None) -> None:
