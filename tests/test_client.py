@@ -470,6 +470,27 @@ def test_contact_sync_strategy_falls_back_to_department_get(sim):
 
 
 @pytest.mark.django_db
+def test_a_narrow_app_scope_is_detected_by_the_contact_sync_strategy(sim):
+    """The app sees one branch only: ids from the contact-sync secret reveal what the app cannot read."""
+    visible = max(sim.org.children(1), key=lambda d: len(sim.org.subtree(d)))
+    sim.set_app_scope([visible])
+    snapshot = fetch_snapshot(source_for(sim, fetch_strategy="contact_sync"))
+    assert not snapshot.complete
+    hidden = set(sim.org.departments) - set(sim.org.subtree(visible))
+    assert {p.scope for p in snapshot.problems} >= {f"department:{d}" for d in hidden}
+    assert {p.errcode for p in snapshot.problems} == {60011}
+    assert set(snapshot.departments) == set(sim.org.subtree(visible))
+    # The app strategy cannot even read the root it was given...
+    with pytest.raises(WeComAPIError) as excinfo:
+        fetch_snapshot(source_for(sim, fetch_strategy="app"))
+    assert excinfo.value.errcode == 60011
+    # ...but syncing just the visible branch is complete with either strategy.
+    for strategy in ("app", "contact_sync"):
+        branch = fetch_snapshot(source_for(sim, fetch_strategy=strategy, root_department_id=visible))
+        assert branch.complete and list(branch.departments) == sim.org.subtree(visible)
+
+
+@pytest.mark.django_db
 def test_truncated_id_pagination_makes_the_snapshot_incomplete():
     # More than 10,000 (user, department) rows, so that user/list_id has a second page to break.
     with WeComSimulator(generate_organisation(users=8500, departments=20, seed=2)) as big:

@@ -161,6 +161,30 @@ def test_contact_sync_secret_rights(simulator):
     assert api(simulator, "user/list_id", contact, method="POST", body={}).json()["errcode"] == 0
 
 
+def test_app_scope_limits_what_the_app_secret_sees(simulator):
+    org = simulator.org
+    visible_root = max(org.children(1), key=lambda d: len(org.subtree(d)))
+    hidden = next(d for d in org.children(1) if d != visible_root)
+    simulator.set_app_scope([visible_root])
+    app = token_for(simulator)
+    contact = token_for(simulator, simulator.contact_sync_secret)
+    listed = api(simulator, "department/list", app).json()["department"]
+    assert [d["id"] for d in listed] == org.subtree(visible_root)
+    assert api(simulator, "department/get", app, id=hidden).json()["errcode"] == 60011
+    assert api(simulator, "user/list", app, department_id=hidden).json()["errcode"] == 60011
+    assert len(api(simulator, "department/simplelist", contact).json()["department_id"]) == len(org.departments)
+    outsider = next(u for u in org.users.values() if not set(u["department"]) & set(org.subtree(visible_root)))
+    assert api(simulator, "user/get", app, userid=outsider["userid"]).json()["errcode"] == 60011
+    both = next((u for u in org.users.values() if len(set(u["department"]) & set(org.subtree(visible_root)))
+                 not in (0, len(u["department"]))), None)
+    if both is not None:  # a member of a visible and a hidden department sees only the visible one
+        seen = api(simulator, "user/get", app, userid=both["userid"]).json()
+        assert set(seen["department"]) < set(both["department"])
+        assert len(seen["order"]) == len(seen["department"])
+    simulator.set_app_scope(None)
+    assert api(simulator, "department/get", app, id=hidden).json()["errcode"] == 0
+
+
 # -- directory APIs ---------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -175,6 +175,8 @@ class WeComSimulator:
         self._tokens: dict[str, _Token] = {}
         self._clock = Clock()
         self._callback: CallbackTarget | None = None
+        #: Department ids whose subtrees the app secret can see (its 可见范围); None: the whole directory.
+        self.app_scope: set[int] | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
@@ -227,6 +229,10 @@ class WeComSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def set_app_scope(self, department_ids: Iterable[int] | None) -> None:
+        """Limit what the app secret sees to these departments' subtrees (60011 outside); None: everything."""
+        self.app_scope = None if department_ids is None else {int(d) for d in department_ids}
 
     def reset_calls(self) -> None:
         """Forget the call counts."""
@@ -307,23 +313,51 @@ class WeComSimulator:
         except ValueError:
             return -1
 
-    def _department_ids(self, query: dict[str, str]) -> list[int] | int:
+    def _visible(self, kind: str) -> set[int] | None:
+        """Departments the token may see: None for all (contact-sync secret, or no app scope set)."""
+        if kind == CONTACT_SYNC or self.app_scope is None:
+            return None
+        visible: set[int] = set()
+        for dept_id in self.app_scope:
+            if dept_id in self.org.departments:
+                visible.update(self.org.subtree(dept_id))
+        return visible
+
+    def _view_user(self, user: dict[str, Any], visible: set[int] | None) -> dict[str, Any]:
+        """A member as an app with a limited scope sees it: only the departments it can see."""
+        if visible is None:
+            return user
+        keep = [i for i, d in enumerate(user.get("department") or ()) if d in visible]
+        view = dict(user)
+        for key in ("department", "order", "is_leader_in_dept"):
+            values = user.get(key) or []
+            view[key] = [values[i] for i in keep if i < len(values)]
+        if user.get("main_department") not in visible:
+            view.pop("main_department", None)
+        return view
+
+    def _department_ids(self, query: dict[str, str], kind: str) -> list[int] | int:
         dept_id = self._int_param(query, "id")
+        visible = self._visible(kind)
         if dept_id is None:
             dept_id = 1 if 1 in self.org.departments else min(self.org.departments, default=1)
+            if visible is not None:
+                return [d for d in self.org.subtree(dept_id) if d in visible]
         if dept_id not in self.org.departments:
             return 60123
+        if visible is not None and dept_id not in visible:
+            return 60011
         return self.org.subtree(dept_id)
 
     def _department_list(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
-        ids = self._department_ids(query)
+        ids = self._department_ids(query, kind)
         if isinstance(ids, int):
             return _error(ids)
         departments = self.org.departments
         return _ok({"department": [departments[i] for i in ids]})
 
     def _department_simplelist(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
-        ids = self._department_ids(query)
+        ids = self._department_ids(query, kind)
         if isinstance(ids, int):
             return _error(ids)
         departments = self.org.departments
@@ -336,20 +370,29 @@ class WeComSimulator:
         dept_id = self._int_param(query, "id")
         if dept_id is None or dept_id not in self.org.departments:
             return _error(60123)
+        visible = self._visible(kind)
+        if visible is not None and dept_id not in visible:
+            return _error(60011)
         return _ok({"department": self.org.departments[dept_id]})
 
     def _user_get(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
         user = self.org.find_user(query.get("userid", ""))
         if user is None:
             return _error(60111)
-        return _ok(user)
+        visible = self._visible(kind)
+        if visible is not None and not visible.intersection(user.get("department") or ()):
+            return _error(60011)
+        return _ok(self._view_user(user, visible))
 
-    def _members(self, query: dict[str, str]) -> list[dict[str, Any]] | int:
+    def _members(self, query: dict[str, str], kind: str) -> list[dict[str, Any]] | int:
         dept_id = self._int_param(query, "department_id")
         if dept_id is None:
             return 60127
         if dept_id not in self.org.departments:
             return 60123
+        visible = self._visible(kind)
+        if visible is not None and dept_id not in visible:
+            return 60011
         # fetch_child is gone from the current docs; honoured here for older clients (wechatpy sends it).
         dept_ids = self.org.subtree(dept_id) if query.get("fetch_child") == "1" else [dept_id]
         users = self.org.users
@@ -359,17 +402,17 @@ class WeComSimulator:
             for userid in self.org.index.members.get(current, ()):
                 if userid not in seen:
                     seen.add(userid)
-                    out.append(users[userid])
+                    out.append(self._view_user(users[userid], visible))
         return out
 
     def _user_list(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
-        members = self._members(query)
+        members = self._members(query, kind)
         if isinstance(members, int):
             return _error(members)
         return _ok({"userlist": members})
 
     def _user_simplelist(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
-        members = self._members(query)
+        members = self._members(query, kind)
         if isinstance(members, int):
             return _error(members)
         return _ok({"userlist": [
