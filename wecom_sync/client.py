@@ -179,12 +179,14 @@ class WeComClient:
         connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
         lock_seconds = max(5, math.ceil(connect + read) + 5)
         owner = uuid.uuid4().hex
+        give_up_waiting = time.monotonic() + 2 * lock_seconds
         with _local_lock(self._token_key):
             while True:
                 token = self._cached_token()
                 if token and token != stale:
                     return token
-                if self._cache.add(lock_key, owner, timeout=lock_seconds):
+                # A cache whose add() keeps failing (e.g. unreachable) must not make us wait forever.
+                if self._cache.add(lock_key, owner, timeout=lock_seconds) or time.monotonic() > give_up_waiting:
                     try:
                         token = self._cached_token()  # another worker may have finished just before us
                         if token and token != stale:
