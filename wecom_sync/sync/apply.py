@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -43,6 +43,9 @@ T = TypeVar("T")
 EXT_USER_FIELDS = ["userid", "userid_key", "name", "status", "raw", "digest", "is_removed", "removed_at", "updated_at"]
 DEPT_FIELDS = ["name", "name_en", "order", "leaders", "raw", "digest", "remote_parent_id", "is_removed", "removed_at",
                "updated_at"]
+CHANGE_COLUMNS = ["run", "object_type", "external_id", "display_name", "action", "fields", "error", "applied",
+                  "created_at"]
+MEMBERSHIP_COLUMNS = ["user", "department", "order", "is_leader", "is_main"]
 REMOVAL_ACTIONS = {
     SyncSource.RemovalPolicy.DEACTIVATE: SyncRunChange.Action.DEACTIVATED,
     SyncSource.RemovalPolicy.DELETE: SyncRunChange.Action.DELETED,
@@ -58,6 +61,79 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 def _short(text: Any, limit: int = 255) -> str:
     return str(text or "")[:limit]
+
+
+def _insert_sql(connection: Any, model: type[models.Model], fields: Sequence[models.Field]) -> str:
+    """The parameterised INSERT statement of ``fields``; table and column names come from model metadata."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608 - quoted names
+
+
+def insert_rows(model: type[models.Model], field_names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """INSERT plain rows into one of our own tables with a single ``executemany``.
+
+    ``bulk_create`` compiles every value of every model instance in Python, which dominates a large first
+    sync; our own tables need no model instances. JSON and date-time values are adapted per field here;
+    ForeignKey values are primary keys.
+    """
+    if not rows:
+        return
+    connection = connections[router.db_for_write(model)]
+    fields = [model._meta.get_field(name) for name in field_names]
+    adapt = [
+        i for i, f in enumerate(fields) if isinstance(f, models.JSONField | models.DateTimeField)
+    ]
+    sql = _insert_sql(connection, model, fields)
+    prepared = []
+    for row in rows:
+        if adapt:
+            row = list(row)
+            for i in adapt:
+                row[i] = fields[i].get_db_prep_save(row[i], connection)
+        prepared.append(row)
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, prepared)
+
+
+#: Field types whose Python value is already what the database driver takes.
+_PLAIN_FIELDS = (models.CharField, models.EmailField, models.TextField, models.BooleanField, models.IntegerField,
+                 models.BigIntegerField, models.SmallIntegerField, models.PositiveIntegerField,
+                 models.PositiveSmallIntegerField, models.PositiveBigIntegerField)
+
+
+def insert_instances(model: type[models.Model], objs: Sequence[models.Model], key: str) -> None:
+    """INSERT unsaved instances with one ``executemany``, then set their primary keys by the unique ``key``.
+
+    For models we do not own (the user model): every concrete field goes through ``pre_save`` and
+    ``get_db_prep_save`` unless its type is a plain built-in one, so custom fields are adapted as Django
+    would adapt them.
+    """
+    if not objs:
+        return
+    connection = connections[router.db_for_write(model)]
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key or not isinstance(f, models.AutoField)]
+    fields = [f for f in fields if not (f.primary_key and getattr(objs[0], f.attname) is None)]
+    plain = [type(f) in _PLAIN_FIELDS for f in fields]
+    sql = _insert_sql(connection, model, fields)
+    rows = []
+    for obj in objs:
+        rows.append([
+            getattr(obj, f.attname) if is_plain else f.get_db_prep_save(f.pre_save(obj, True), connection)
+            for f, is_plain in zip(fields, plain, strict=True)
+        ])
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+    by_key = {getattr(obj, key): obj for obj in objs}
+    for value, pk in model._default_manager.using(connection.alias).filter(
+        **{f"{key}__in": list(by_key)}
+    ).values_list(key, "pk"):
+        obj = by_key.get(value)
+        if obj is not None:
+            obj.pk = pk
+            obj._state.adding = False
+            obj._state.db = connection.alias
 
 
 # -- local state ------------------------------------------------------------------------------------------
@@ -123,9 +199,10 @@ class _Batch:
     """What one batch produced: change rows and signals, kept until the batch commits."""
 
     def __init__(self) -> None:
-        self.changes: list[SyncRunChange] = []
+        self.changes: list[tuple] = []
         self.signals: list[tuple[Any, dict[str, Any]]] = []
         self.counters: Counter[str] = Counter()
+        self.now = timezone.now()
 
 
 class Applier:
@@ -159,6 +236,7 @@ class Applier:
         self.group_dst = groups_field.m2m_reverse_field_name() if groups_field else ""
         self.dept_pk: dict[int, int] = {}
         self.dept_group: dict[int, int | None] = {}  # dept pk -> mirrored group pk
+        self.parent_done: set[int] = set()  # departments inserted with their final parent
 
     def _has_groups(self) -> bool:
         try:
@@ -191,15 +269,9 @@ class Applier:
     ) -> None:
         """Record one change of the run (written with the batch)."""
         batch.changes.append(
-            SyncRunChange(
-                run=self.run,
-                object_type=object_type,
-                external_id=_short(external_id, 64),
-                display_name=_short(name),
-                action=action,
-                fields=dict(fields or {}),
-                error=error,
-                applied=(not self.dry_run) if applied is None else applied,
+            (
+                self.run.pk, object_type, _short(external_id, 64), _short(name), action, dict(fields or {}), error,
+                (not self.dry_run) if applied is None else applied, batch.now,
             )
         )
         kind = "users" if object_type == SyncRunChange.ObjectType.USER else "departments"
@@ -212,8 +284,7 @@ class Applier:
         try:
             with transaction.atomic():
                 work(items, batch)
-                if batch.changes:
-                    SyncRunChange.objects.bulk_create(batch.changes)
+                self._write_changes(batch.changes)
         except Exception as exc:  # noqa: BLE001 - one bad object must not abort the run (rule 8)
             if len(items) > 1:
                 for item in items:
@@ -228,16 +299,19 @@ class Applier:
             failed = _Batch()
             self.change(failed, object_type, external_id, SyncRunChange.Action.FAILED, name=name,
                         error=_short(f"{type(exc).__name__}: {exc}", 2000), applied=False)
-            SyncRunChange.objects.bulk_create(failed.changes)
+            self._write_changes(failed.changes)
             self.counters.update(failed.counters)
             return
         self.counters.update(batch.counters)
         for signal, kwargs in batch.signals:
             signal.send(sender=type(self.adapter), source=self.source, run=self.run, **kwargs)
 
+    @staticmethod
+    def _write_changes(rows: Sequence[tuple]) -> None:
+        insert_rows(SyncRunChange, CHANGE_COLUMNS, rows)
+
     def _record_only(self, batch_changes: _Batch) -> None:
-        if batch_changes.changes:
-            SyncRunChange.objects.bulk_create(batch_changes.changes)
+        self._write_changes(batch_changes.changes)
         self.counters.update(batch_changes.counters)
 
     def advance(self, count: int) -> None:
@@ -308,19 +382,26 @@ class Applier:
                         name=op.remote.name, fields=op.fields)
         if self.dry_run:
             return
-        new = [self._dept_row(op) for op in ops if op.local is None and op.department_id not in self.dept_pk]
-        if new:
-            ExternalDepartment.objects.bulk_create(new)
-            missing = [d.department_id for d in new if d.pk is None]
-            if missing:
-                for pk, dept_id in ExternalDepartment.objects.filter(
-                    source=self.source, department_id__in=missing
-                ).values_list("pk", "department_id"):
-                    self.dept_pk[dept_id] = pk
-            for d in new:
-                if d.pk is not None:
-                    self.dept_pk[d.department_id] = d.pk
-                    self.dept_group.setdefault(d.pk, None)
+        # Parents first, level by level, so that most parents are known when a department is inserted.
+        pending = [op for op in ops if op.local is None and op.department_id not in self.dept_pk]
+        while pending:
+            waiting = {op.department_id for op in pending}
+            level = [op for op in pending if op.parent_id not in waiting] or pending
+            rows = []
+            for op in level:
+                row = self._dept_row(op)
+                row.parent_id = self.dept_pk.get(op.parent_id) if op.parent_id is not None else None
+                if op.parent_id is None or row.parent_id is not None:
+                    self.parent_done.add(op.department_id)
+                rows.append(row)
+            ExternalDepartment.objects.bulk_create(rows)
+            if any(d.pk is None for d in rows):
+                for d in rows:
+                    d.pk = ExternalDepartment.objects.get(source=self.source, department_id=d.department_id).pk
+            for d in rows:
+                self.dept_pk[d.department_id] = d.pk
+                self.dept_group.setdefault(d.pk, None)
+            pending = [op for op in pending if op.department_id not in self.dept_pk]
         existing = [self._dept_row(op, self.dept_pk[op.department_id]) for op in ops if op.local is not None]
         if existing:
             ExternalDepartment.objects.bulk_update(existing, DEPT_FIELDS)
@@ -335,7 +416,7 @@ class Applier:
     def _set_parents(self, ops: Sequence[DepartmentOp], batch: _Batch) -> None:
         rows = []
         for op in ops:
-            if op.local is not None and "parent" not in op.fields:
+            if op.department_id in self.parent_done or (op.local is not None and "parent" not in op.fields):
                 continue
             pk = self.dept_pk.get(op.department_id)
             if pk is None:
@@ -443,7 +524,7 @@ class Applier:
             self.adapter.assign_usernames(self.source, new_pairs)
         if not self.dry_run:
             if new_pairs:
-                self.user_model._default_manager.bulk_create([u for _r, u in new_pairs])
+                insert_instances(self.user_model, [u for _r, u in new_pairs], self.user_model.USERNAME_FIELD)
             self._save_users(linked)
         return out
 
@@ -467,8 +548,7 @@ class Applier:
             if dept_pk is None:
                 continue
             order, leader, main = op.memberships[dept_id]
-            adds.append(ExternalMembership(user_id=ext_pk, department_id=dept_pk, order=order, is_leader=leader,
-                                           is_main=main))
+            adds.append((ext_pk, dept_pk, order, leader, main))
             if dept_id in op.added or all_added:
                 group_add.append((user_pk, self.dept_group.get(dept_pk)))
         gone = [self.dept_pk[d] for d in (*op.removed, *op.changed) if d in self.dept_pk]
@@ -491,8 +571,8 @@ class Applier:
                 continue
             user, created = result
             ext = ExternalUser(
-                source=self.source, userid=op.remote.userid, userid_key=op.key, user=None if self.dry_run else user,
-                name=op.remote.name[:255], status=op.remote.status, raw=dict(op.remote.raw), digest=op.digest,
+                source=self.source, userid=op.remote.userid, userid_key=op.key, user=None,
+                name=op.remote.name[:255], status=op.remote.status, raw=op.remote.raw, digest=op.digest,
             )
             rows.append((op, ext, user, created))
             username = getattr(user, self.user_model.USERNAME_FIELD, "")
@@ -503,19 +583,32 @@ class Applier:
                         name=op.remote.name, fields=fields)
         if self.dry_run or not rows:
             return
-        ExternalUser.objects.bulk_create([ext for _op, ext, _u, _c in rows])
-        if any(ext.pk is None for _op, ext, _u, _c in rows):
-            pks = dict(ExternalUser.objects.filter(
-                source=self.source, userid_key__in=[op.key for op, *_ in rows]).values_list("userid_key", "pk"))
-            for op, ext, _u, _c in rows:
-                ext.pk = pks.get(op.key)
-        adds: list[ExternalMembership] = []
+        now = timezone.now()
+        insert_rows(
+            ExternalUser,
+            ["source", "userid", "userid_key", "user", "name", "status", "raw", "digest", "is_removed", "created_at",
+             "updated_at"],
+            [
+                (self.source.pk, ext.userid, ext.userid_key, user.pk, ext.name, ext.status, ext.raw, ext.digest, False,
+                 now, now)
+                for _op, ext, user, _c in rows
+            ],
+        )
+        pks = dict(
+            ExternalUser.objects.filter(source=self.source, userid_key__in=[op.key for op, *_ in rows]).values_list(
+                "userid_key", "pk"
+            )
+        )
+        for op, ext, user, _c in rows:
+            ext.pk = pks[op.key]
+            ext.user = user
+        adds: list[tuple] = []
         group_add: list[tuple[int, int]] = []
         for op, ext, user, _created in rows:
             self._write_memberships(ext.pk, op, adds, Q(), group_add, [], user.pk, all_added=True)
             batch.signals.append((user_created, {"user": user, "external_user": ext}))
         if adds:
-            ExternalMembership.objects.bulk_create(adds)
+            insert_rows(ExternalMembership, MEMBERSHIP_COLUMNS, adds)
         if self.mirror_groups:
             self._groups_add(group_add)
 
@@ -535,7 +628,7 @@ class Applier:
         provisioned = self._provision([op.remote for op in orphans], batch) if orphans else {}
         ext_updates: list[ExternalUser] = []
         user_updates: list[tuple[Any, set[str]]] = []
-        adds: list[ExternalMembership] = []
+        adds: list[tuple] = []
         removes = Q()
         group_add: list[tuple[int, int]] = []
         group_remove: list[tuple[int, int]] = []
@@ -614,7 +707,7 @@ class Applier:
         if removes:
             ExternalMembership.objects.filter(removes).delete()
         if adds:
-            ExternalMembership.objects.bulk_create(adds)
+            insert_rows(ExternalMembership, MEMBERSHIP_COLUMNS, adds)
         if self.mirror_groups:
             self._groups_remove(group_remove)
             self._groups_add(group_add)
