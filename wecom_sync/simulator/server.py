@@ -132,7 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(parsed.query, keep_blank_values=True))
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        status, payload = self.server.simulator.dispatch(method, parsed.path, query, body)
+        try:
+            status, payload = self.server.simulator.dispatch(method, parsed.path, query, body)
+        except Exception:  # a simulator bug must show as a server error, not as a dropped connection
+            logger.exception("wecom_sync.simulator.handler_failed", extra={"path": parsed.path})
+            status, payload = 500, b"<html><body>500 Internal Server Error</body></html>"
         self.send_response(status)
         if status == 200:
             self.send_header("Content-Type", "application/json; charset=UTF-8")
