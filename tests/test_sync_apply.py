@@ -1,0 +1,468 @@
+"""Tests of the apply layer, the adapter, the lock and the services with hand-built snapshots."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tests.factories import make_source
+from wecom_sync import services, signals
+from wecom_sync.adapter import DefaultWeComAdapter, get_adapter
+from wecom_sync.models import (
+    ExternalDepartment,
+    ExternalMembership,
+    ExternalUser,
+    SyncRun,
+    SyncRunChange,
+    SyncSource,
+)
+from wecom_sync.snapshot import RemoteDepartment, RemoteUser, Snapshot
+from wecom_sync.sync import apply, lock, runner
+
+User = get_user_model()
+KEYS = ["tests-encryption-key-1"]
+
+
+def dept(id, parent=1, name=None):  # noqa: A002
+    return RemoteDepartment.from_api({"id": id, "name": name or f"Dept {id}", "parentid": parent, "order": id})
+
+
+def member(userid, departments=(1,), status=1, name=None, **extra):
+    return RemoteUser.from_api({
+        "userid": userid, "name": name or f"{userid.title()} Person", "department": list(departments),
+        "order": [0] * len(departments), "is_leader_in_dept": [0] * len(departments),
+        "main_department": departments[0], "status": status, **extra,
+    })
+
+
+ROOT = dept(1, parent=0, name="Root")
+
+
+def snapshot(depts, users, problems=()):
+    snap = Snapshot(root_department_id=1)
+    for d in depts:
+        snap.departments[d.id] = d
+    for u in users:
+        snap.users[u.key] = u
+    for scope in problems:
+        snap.add_problem(scope, 60011, "no privilege")
+    return snap
+
+
+@pytest.fixture
+def source(db):
+    return make_source(removal_threshold_count=1000, removal_threshold_percent=100)
+
+
+@pytest.fixture
+def run(source):
+    return SyncRun.objects.create(source=source, kind=SyncRun.Kind.EVENTS, status=SyncRun.Status.RUNNING)
+
+
+@pytest.fixture
+def fake_fetch(monkeypatch):
+    """Serve a hand-built snapshot from runner.fetch (the engine's one door to WeCom)."""
+    box = {}
+
+    def fetch(source, progress=None):
+        if progress:
+            progress(1, 1)
+        return box["snapshot"]
+
+    monkeypatch.setattr(runner, "fetch", fetch)
+    return box
+
+
+def ext(source, userid):
+    return ExternalUser.objects.select_related("user").get(source=source, userid_key=userid.lower())
+
+
+# -- event-facing functions ---------------------------------------------------------------------------------
+
+
+def test_apply_remote_objects_creates_updates_and_is_idempotent(source, run):
+    counters = apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("amy", (2,))])
+    assert counters == {"departments_created": 2, "users_created": 1}
+    amy = ext(source, "amy")
+    assert amy.user.username == "amy" and amy.user.first_name == "Amy" and amy.user.last_name == "Person"
+    assert ExternalDepartment.objects.get(source=source, department_id=2).parent.department_id == 1
+    assert list(amy.memberships.values_list("department__department_id", "is_main")) == [(2, True)]
+    assert apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("amy", (2,))]) == {}
+    counters = apply.apply_remote_objects(source, run, users=[member("AMY", (1, 2), name="Amy Li")])
+    assert counters == {"users_updated": 1}
+    amy = ext(source, "amy")
+    assert amy.userid == "AMY" and amy.user.username == "amy"  # the username is frozen once assigned
+    assert amy.user.last_name == "Li"
+    assert sorted(amy.memberships.values_list("department__department_id", flat=True)) == [1, 2]
+    change = run.changes.filter(action="updated").get()
+    assert change.fields["name"] == ["Amy Person", "Amy Li"] and change.fields["memberships"]["added"] == [1]
+
+
+def test_apply_remote_objects_never_removes_anything_else(source, run):
+    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("a"), member("b")])
+    apply.apply_remote_objects(source, run, users=[member("c")])
+    assert ExternalUser.objects.filter(source=source, is_removed=False).count() == 3
+    assert User.objects.filter(is_active=True).count() == 3
+
+
+@pytest.mark.parametrize(
+    ("policy", "action", "active", "exists"),
+    [("deactivate", "deactivated", False, True), ("delete", "deleted", None, False), ("ignore", "removed", True, True)],
+)
+def test_remove_users_applies_the_policy(source, run, policy, action, active, exists):
+    source.removal_policy = policy
+    source.save()
+    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("gone"), member("stay")])
+    user_pk = ext(source, "gone").user_id
+    counters = apply.remove_users(source, run, ["GONE"])
+    assert counters == {f"users_{action}": 1}
+    gone = ExternalUser.objects.get(source=source, userid_key="gone")
+    assert gone.is_removed and gone.removed_at is not None
+    assert not gone.memberships.exists()
+    assert User.objects.filter(pk=user_pk).exists() is exists
+    if exists:
+        assert User.objects.get(pk=user_pk).is_active is active
+    assert ext(source, "stay").user.is_active
+    # reappearing reactivates (a deleted account is provisioned again)
+    assert apply.apply_remote_objects(source, run, users=[member("gone")]) == {"users_reactivated": 1}
+    gone = ext(source, "gone")
+    assert not gone.is_removed and gone.user.is_active and gone.memberships.count() == 1
+    if exists:
+        assert gone.user_id == user_pk
+
+
+def test_superuser_is_never_deactivated(source, run):
+    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("root")])
+    user = ext(source, "root").user
+    User.objects.filter(pk=user.pk).update(is_superuser=True)
+    apply.apply_remote_objects(source, run, users=[member("root", status=5)])
+    assert apply.remove_users(source, run, ["root"]) == {"users_skipped": 1}
+    user.refresh_from_db()
+    assert user.is_active
+
+
+def test_remove_departments_keeps_users(source, run):
+    apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("u", (1, 2))])
+    assert apply.remove_departments(source, run, [2]) == {"departments_removed": 1}
+    assert ExternalDepartment.objects.get(source=source, department_id=2).is_removed
+    u = ext(source, "u")
+    assert not u.is_removed and u.user.is_active
+    assert list(u.memberships.values_list("department__department_id", flat=True)) == [1]
+
+
+def test_rename_user_rekeys_the_same_django_user(source, run):
+    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("old"), member("taken")])
+    user_pk = ext(source, "old").user_id
+    assert apply.rename_user(source, run, "old", "New") is True
+    renamed = ext(source, "new")
+    assert renamed.user_id == user_pk and renamed.userid == "New" and renamed.user.username == "old"
+    assert not ExternalUser.objects.filter(source=source, userid_key="old").exists()
+    assert apply.rename_user(source, run, "new", "taken") is False
+    assert run.changes.filter(action="failed", external_id="taken").exists()
+    assert apply.rename_user(source, run, "nobody", "x") is False
+    # the payload of the renamed member then updates, not creates
+    assert apply.apply_remote_objects(source, run, users=[member("New")]) == {"users_updated": 1}
+
+
+# -- the adapter --------------------------------------------------------------------------------------------
+
+
+def test_username_collision_gets_a_deterministic_suffix(source, run):
+    User.objects.create_user("zoe", password="x")
+    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("zoe")])
+    username = ext(source, "zoe").user.username
+    assert username.startswith("zoe-") and len(username) == len("zoe-") + 6
+    other = make_source(corp_id=source.corp_id)
+    run2 = SyncRun.objects.create(source=other, kind=SyncRun.Kind.EVENTS)
+    User.objects.filter(username=username).update(username="moved-away")
+    apply.apply_remote_objects(other, run2, departments=[ROOT], users=[member("zoe")])
+    assert ext(other, "zoe").user.username == username  # same corp and userid, same suffix
+
+
+def test_email_prefers_biz_mail_and_empty_values_never_erase(source, run):
+    apply.apply_remote_objects(source, run, departments=[ROOT],
+                               users=[member("em", email="me@home.example", biz_mail="me@corp.example")])
+    assert ext(source, "em").user.email == "me@corp.example"
+    apply.apply_remote_objects(source, run, users=[member("em", email="", biz_mail="", name="")])
+    user = ext(source, "em").user
+    assert user.email == "me@corp.example" and user.first_name == "Em"
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(True, True), (False, False)])
+def test_not_activated_status_follows_the_setting(source, run, setting, expected):
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "NOT_ACTIVATED_USERS_ACTIVE": setting}):
+        apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("inv", status=4)])
+        assert ext(source, "inv").user.is_active is expected
+    assert [get_adapter().is_active_for_status(s) for s in (1, 2, 5)] == [True, False, False]
+
+
+def test_linking_existing_users(source, run):
+    existing = User.objects.create_user("legacy", email="Legacy@Corp.example")
+    User.objects.create_user("blank1", email="")
+    User.objects.create_user("blank2", email="")
+    User.objects.create_user("twin1", email="twin@corp.example")
+    User.objects.create_user("twin2", email="TWIN@corp.example")
+    users = [
+        member("leg", email="legacy@corp.example"),
+        member("noemail"),
+        member("twin", email="twin@corp.example"),
+    ]
+    counters = apply.apply_remote_objects(source, run, departments=[ROOT], users=users)
+    assert counters == {"departments_created": 1, "users_created": 2, "users_failed": 1}
+    assert ext(source, "leg").user_id == existing.pk
+    assert ext(source, "noemail").user.username == "noemail"  # never linked on an empty value
+    assert not ExternalUser.objects.filter(source=source, userid_key="twin").exists()
+    failed = run.changes.get(action="failed")
+    assert failed.external_id == "twin" and "2 existing users" in failed.error
+    # a user already linked to another member is not a candidate
+    apply.apply_remote_objects(source, run, users=[member("leg2", email="legacy@corp.example")])
+    assert ext(source, "leg2").user_id != existing.pk
+
+
+def test_link_by_username(source, run):
+    existing = User.objects.create_user("kim")
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "LINK_EXISTING_BY": ["username"]}):
+        apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("kim")])
+    assert ext(source, "kim").user_id == existing.pk
+
+
+class NullEmailAdapter(DefaultWeComAdapter):
+    """Breaks one member at the database level (NOT NULL) to prove per-object isolation."""
+
+    def new_user(self, source, remote):
+        user = super().new_user(source, remote)
+        if remote.userid == "broken":
+            user.email = None
+        return user
+
+
+def test_one_bad_object_fails_alone_and_the_run_ends_partial(source, fake_fetch):
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("ok1"), member("broken"), member("ok2")])
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "ADAPTER": "tests.test_sync_apply.NullEmailAdapter"}):
+        run = services.run_full_sync(source)
+    assert run.status == SyncRun.Status.PARTIAL
+    assert set(ExternalUser.objects.filter(source=source).values_list("userid", flat=True)) == {"ok1", "ok2"}
+    failed = run.changes.get(action="failed")
+    assert failed.external_id == "broken" and failed.error and failed.applied is False
+    assert run.counters["users_failed"] == 1
+    # a re-run converges once the adapter is fixed
+    assert services.run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+    assert ExternalUser.objects.filter(source=source).count() == 3
+
+
+def test_signals_notify(source, run):
+    seen = []
+
+    def receiver(signal, **kwargs):
+        seen.append((signal, kwargs["external_user"].userid, kwargs["user"].username))
+
+    hooks = [signals.user_created, signals.user_updated, signals.user_deactivated, signals.user_reactivated]
+    for s in hooks:
+        s.connect(receiver)
+    try:
+        apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("sig")])
+        apply.apply_remote_objects(source, run, users=[member("sig", name="Sig Renamed")])
+        apply.apply_remote_objects(source, run, users=[member("sig", status=2, name="Sig Renamed")])
+        apply.apply_remote_objects(source, run, users=[member("sig", status=1, name="Sig Renamed")])
+        apply.remove_users(source, run, ["sig"])
+    finally:
+        for s in hooks:
+            s.disconnect(receiver)
+    assert [s for s, _u, _n in seen] == [
+        signals.user_created, signals.user_updated, signals.user_deactivated, signals.user_reactivated,
+        signals.user_deactivated,
+    ]
+
+
+# -- groups -------------------------------------------------------------------------------------------------
+
+
+def test_mirrored_groups_follow_departments_and_leave_others_alone(source, run):
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "MIRROR_GROUPS": True}):
+        Group.objects.create(name="Dept 2")  # a name clash with a group the source did not create
+        apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("g", (2,))])
+        apply.Applier(source, run).ensure_groups()
+        d2 = ExternalDepartment.objects.get(source=source, department_id=2)
+        assert d2.group is not None and d2.group.name != "Dept 2"
+        user = ext(source, "g").user
+        assert d2.group in user.groups.all()
+        apply.apply_remote_objects(source, run, departments=[dept(2, name="Sales")])
+        d2.group.refresh_from_db()
+        assert d2.group.name == "Sales"
+        apply.apply_remote_objects(source, run, users=[member("g", (1,))])
+        assert d2.group not in user.groups.all()
+        assert Group.objects.filter(name="Dept 2").exists()
+
+
+# -- lock and services --------------------------------------------------------------------------------------
+
+
+def test_lock_semantics(source):
+    a = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now(),
+                               heartbeat_at=timezone.now())
+    b = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now())
+    assert lock.acquire(source, a)
+    assert lock.acquire(source, a)  # re-entrant for the holder
+    assert not lock.acquire(source, b)
+    lock.release(source, b)  # not the holder: no effect
+    assert lock.holder(source) == a.pk
+    lock.release(source, a)
+    assert lock.acquire(source, b)
+    b.status = SyncRun.Status.SUCCEEDED  # a finished holder never blocks
+    b.save()
+    assert lock.acquire(source, a)
+    SyncRun.objects.filter(pk=a.pk).update(heartbeat_at=timezone.now() - timedelta(days=1))
+    assert lock.acquire(source, b)
+    a.refresh_from_db()
+    assert a.status == SyncRun.Status.FAILED
+
+
+def test_disabled_source_is_refused(source):
+    source.enabled = False
+    source.save()
+    run = services.run_full_sync(source)
+    assert run.status == SyncRun.Status.CANCELLED and "disabled" in run.message
+
+
+def test_fetch_error_fails_the_run_without_secrets(source, monkeypatch):
+    from wecom_sync.exceptions import WeComAPIError
+
+    def broken(source, progress=None):
+        raise WeComAPIError(40001, "invalid credential")
+
+    monkeypatch.setattr(runner, "fetch", broken)
+    run = services.run_full_sync(source)
+    assert run.status == SyncRun.Status.FAILED and "40001" in run.message
+    assert source.secret not in run.message
+    assert SyncSource.objects.get(pk=source.pk).lock_run_id is None
+
+
+def test_incomplete_snapshot_applies_creates_and_skips_removals(source, fake_fetch):
+    fake_fetch["snapshot"] = snapshot([ROOT, dept(2)], [member("a"), member("b", (2,))])
+    services.run_full_sync(source)
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a", name="A Changed"), member("c")], problems=["department:2"])
+    run = services.run_full_sync(source)
+    assert run.status == SyncRun.Status.PARTIAL and run.snapshot_complete is False
+    assert run.counters["users_created"] == 1 and run.counters["users_updated"] == 1
+    assert not ExternalUser.objects.filter(is_removed=True).exists()
+    assert not ExternalDepartment.objects.filter(is_removed=True).exists()
+    assert ExternalMembership.objects.filter(user__userid="b").exists()
+
+
+def test_approval_skips_members_seen_again_after_the_hold(source, fake_fetch):
+    source.removal_threshold_count = 1
+    source.save()
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a"), member("b"), member("c")])
+    services.run_full_sync(source)
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a")])
+    held = services.run_full_sync(source)
+    assert held.status == SyncRun.Status.HELD
+    # "b" comes back through a callback before the admin decides
+    event_run = SyncRun.objects.create(source=source, kind=SyncRun.Kind.EVENTS)
+    apply.apply_remote_objects(source, event_run, users=[member("b", name="B Back")])
+    services.approve_run(held)
+    held.refresh_from_db()
+    assert held.status == SyncRun.Status.SUCCEEDED
+    assert ext(source, "c").is_removed and not ext(source, "b").is_removed
+    assert held.counters["approved_skipped"] == 1
+    assert held.changes.filter(applied=False, external_id="b").exists()
+    with pytest.raises(services.RunStateError):
+        services.reject_run(held)
+
+
+def test_newer_run_supersedes_a_held_one(source, fake_fetch):
+    source.removal_threshold_count = 0
+    source.save()
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a"), member("b")])
+    services.run_full_sync(source)
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a")])
+    held = services.run_full_sync(source)
+    assert held.status == SyncRun.Status.HELD
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a"), member("b")])
+    assert services.run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+    held.refresh_from_db()
+    assert held.status == SyncRun.Status.CANCELLED and "Superseded" in held.message
+
+
+def test_scheduled_syncs_start_only_due_sources(source, fake_fetch):
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("a")])
+    source.sync_interval_minutes = 60
+    source.save()
+    make_source(sync_interval_minutes=0)  # on demand only
+    runs = services.run_scheduled_syncs()
+    assert [r.source_id for r in runs] == [source.pk] and runs[0].trigger == SyncRun.Trigger.SCHEDULE
+    assert runs[0].status == SyncRun.Status.SUCCEEDED
+    assert services.run_scheduled_syncs() == []  # ran less than an hour ago
+    SyncRun.objects.filter(pk=runs[0].pk).update(created_at=timezone.now() - timedelta(hours=2))
+    queued = []
+    assert len(services.run_scheduled_syncs(enqueue=queued.append)) == 1
+    assert queued[0].status == SyncRun.Status.QUEUED
+    assert services.run_scheduled_syncs(enqueue=queued.append) == []  # one is already queued
+
+
+def test_tasks_are_thin(source, fake_fetch):
+    from wecom_sync import tasks
+
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("t")])
+    run_id = tasks.full_sync.delay(source.pk, dry_run=True).get()
+    run = SyncRun.objects.get(pk=run_id)
+    assert run.kind == SyncRun.Kind.DRY_RUN and not ExternalUser.objects.exists()
+    assert tasks.full_sync.delay(999_999).get() is None
+    dead = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING)
+    SyncRun.objects.filter(pk=dead.pk).update(created_at=timezone.now() - timedelta(days=1),
+                                              heartbeat_at=timezone.now() - timedelta(days=1))
+    assert tasks.close_stale_runs.delay().get() == 1
+    source.sync_interval_minutes = 5
+    source.save()
+    assert tasks.run_scheduled_syncs.delay().get() == 1
+    assert ExternalUser.objects.filter(source=source).count() == 1
+
+
+# -- scaling ------------------------------------------------------------------------------------------------
+
+
+def _queries_for(source, fake_fetch, users: int) -> int:
+    depts = [ROOT] + [dept(i) for i in range(2, 12)]
+    fake_fetch["snapshot"] = snapshot(depts, [member(f"user{i}", (2 + i % 10, 1)) for i in range(users)])
+    with CaptureQueriesContext(connection) as ctx:
+        run = services.run_full_sync(source)
+    assert run.status == SyncRun.Status.SUCCEEDED
+    return len(ctx.captured_queries)
+
+
+def test_queries_grow_with_batches_not_users(db, fake_fetch):
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "BATCH_SIZE": 50}):
+        small = _queries_for(make_source(), fake_fetch, 100)   # 2 batches
+        large = _queries_for(make_source(), fake_fetch, 400)   # 8 batches
+    per_batch = (large - small) / 6
+    assert per_batch <= 12, (small, large)
+    assert large < 400  # far fewer than one query per user
+    # a no-op re-sync reads, writes nothing but the run row
+    src = make_source()
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "BATCH_SIZE": 50}):
+        _queries_for(src, fake_fetch, 200)
+        with CaptureQueriesContext(connection) as ctx:
+            run = services.run_full_sync(src)
+    run_log = ('"wecom_sync_syncrun"', '"wecom_sync_syncsource"')
+    writes = [q["sql"] for q in ctx.captured_queries
+              if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE") and not q["sql"].split()[2] in run_log
+              and not q["sql"].split()[1] in run_log]
+    assert writes == [] and run.changes.count() == 0
+
+
+def test_dry_run_records_the_plan_only(source, fake_fetch):
+    fake_fetch["snapshot"] = snapshot([ROOT, dept(2)], [member("a"), member("b", (2,))])
+    run = services.run_full_sync(source, dry_run=True)
+    assert run.kind == SyncRun.Kind.DRY_RUN and run.status == SyncRun.Status.SUCCEEDED
+    assert not ExternalUser.objects.exists() and not ExternalDepartment.objects.exists()
+    assert User.objects.count() == 0
+    assert set(run.changes.values_list("action", flat=True)) == {"created"}
+    assert run.changes.count() == 4 and not run.changes.filter(applied=True).exists()
+    assert SyncRunChange.objects.exclude(run=run).count() == 0
