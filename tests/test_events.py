@@ -430,3 +430,43 @@ def test_broker_down_the_event_is_stored_and_later_applied(sim, source, unreacha
     event.refresh_from_db()
     assert event.status == Status.APPLIED
     assert ExternalUser.objects.get(source=source, userid_key=userid.lower()).name == "while broker down"
+
+
+@pytest.mark.postgres
+def test_concurrent_workers_apply_one_object_once(require_postgres, sim, source):
+    """Workers racing on events about one member: one run applies the newest state, the others do nothing."""
+    import threading
+
+    from django.db import connection
+
+    userid = some_user(sim)["userid"]
+    stored = [store_event(source, parse_event(sim.update_user(userid, name=f"c{i}", deliver=False)))[0]
+              for i in range(4)]
+    barrier = threading.Barrier(len(stored))
+    results: list[str | None] = []
+
+    def work(pk: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(events.process_event(pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(e.pk,)) for e in stored]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == [Status.APPLIED] * len(stored)
+    assert set(CallbackEvent.objects.values_list("status", flat=True)) == {Status.APPLIED}
+    assert SyncRun.objects.filter(kind="events").count() == 1
+    assert sim.calls["/cgi-bin/user/get"] == 1
+    assert ExternalUser.objects.get(source=source, userid_key=userid.lower()).name == "c3"
+
+
+def test_reprocess_accepts_ids(sim, source):
+    event = store_event(source, parse_event(sim.update_user(some_user(sim)["userid"], name="ids", deliver=False)))[0]
+    CallbackEvent.objects.filter(pk=event.pk).update(status=Status.FAILED, attempts=5, last_error="boom")
+    assert events.reprocess_events([event.pk]) == 1
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.last_error) == (Status.APPLIED, 0, "")
