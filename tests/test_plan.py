@@ -201,7 +201,8 @@ def test_rename_not_guessed_when_ambiguous_or_different_person():
     b = user("a2", (2,), name="Li Lei", email="ll@example.com")
     local = mirror(DEPTS, [a, b])
     plan = plan_of(DEPTS, [user("a3", (2,), name="Li Lei", email="ll@example.com")], local)
-    contacts = {"a1": {"name": "Li Lei", "email": "ll@example.com"}, "a2": {"name": "Li Lei", "email": "ll@example.com"}}
+    same = {"name": "Li Lei", "email": "ll@example.com"}
+    contacts = {"a1": same, "a2": same}
     assert detect_renames(plan, contacts, local) == 0
     assert len(plan.user_removals) == 2
     local = mirror(DEPTS, [a])

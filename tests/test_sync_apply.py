@@ -452,8 +452,8 @@ def test_queries_grow_with_batches_not_users(db, fake_fetch):
             run = services.run_full_sync(src)
     run_log = ('"wecom_sync_syncrun"', '"wecom_sync_syncsource"')
     writes = [q["sql"] for q in ctx.captured_queries
-              if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE") and not q["sql"].split()[2] in run_log
-              and not q["sql"].split()[1] in run_log]
+              if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE") and q["sql"].split()[2] not in run_log
+              and q["sql"].split()[1] not in run_log]
     assert writes == [] and run.changes.count() == 0
 
 

@@ -9,6 +9,7 @@ retried one object at a time so that one bad object becomes one ``failed`` chang
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -97,13 +98,18 @@ def insert_rows(model: type[models.Model], field_names: Sequence[str], rows: Seq
         cursor.executemany(sql, prepared)
 
 
+#: Least seconds between two progress UPDATEs of the run (the last batch always reports).
+PROGRESS_EVERY = 1.0
+
 #: Field types whose Python value is already what the database driver takes.
 _PLAIN_FIELDS = (models.CharField, models.EmailField, models.TextField, models.BooleanField, models.IntegerField,
                  models.BigIntegerField, models.SmallIntegerField, models.PositiveIntegerField,
                  models.PositiveSmallIntegerField, models.PositiveBigIntegerField)
 
 
-def insert_instances(model: type[models.Model], objs: Sequence[models.Model], key: str) -> None:
+def insert_instances(
+    model: type[models.Model], objs: Sequence[models.Model], key: str, scope: Mapping[str, Any] | None = None
+) -> None:
     """INSERT unsaved instances with one ``executemany``, then set their primary keys by the unique ``key``.
 
     For models we do not own (the user model): every concrete field goes through ``pre_save`` and
@@ -127,7 +133,7 @@ def insert_instances(model: type[models.Model], objs: Sequence[models.Model], ke
         cursor.executemany(sql, rows)
     by_key = {getattr(obj, key): obj for obj in objs}
     for value, pk in model._default_manager.using(connection.alias).filter(
-        **{f"{key}__in": list(by_key)}
+        **(scope or {}), **{f"{key}__in": list(by_key)}
     ).values_list(key, "pk"):
         obj = by_key.get(value)
         if obj is not None:
@@ -236,7 +242,8 @@ class Applier:
         self.group_dst = groups_field.m2m_reverse_field_name() if groups_field else ""
         self.dept_pk: dict[int, int] = {}
         self.dept_group: dict[int, int | None] = {}  # dept pk -> mirrored group pk
-        self.parent_done: set[int] = set()  # departments inserted with their final parent
+        self.parent_done: set[int] = set()
+        self.last_progress = 0.0  # departments inserted with their final parent
 
     def _has_groups(self) -> bool:
         try:
@@ -317,7 +324,10 @@ class Applier:
     def advance(self, count: int) -> None:
         """Count ``count`` objects as done; update the run's progress and heartbeat (one UPDATE)."""
         self.done += count
-        if self.track_progress:
+        now = time.monotonic()
+        last = self.done >= self.total
+        if self.track_progress and (last or now - self.last_progress >= PROGRESS_EVERY):
+            self.last_progress = now
             SyncRun.objects.filter(pk=self.run.pk).update(
                 progress_done=self.done, progress_total=max(self.total, self.done), heartbeat_at=timezone.now()
             )
@@ -394,10 +404,9 @@ class Applier:
                 if op.parent_id is None or row.parent_id is not None:
                     self.parent_done.add(op.department_id)
                 rows.append(row)
-            ExternalDepartment.objects.bulk_create(rows)
-            if any(d.pk is None for d in rows):
-                for d in rows:
-                    d.pk = ExternalDepartment.objects.get(source=self.source, department_id=d.department_id).pk
+            for row in rows:
+                row.created_at = row.updated_at
+            insert_instances(ExternalDepartment, rows, "department_id", scope={"source": self.source})
             for d in rows:
                 self.dept_pk[d.department_id] = d.pk
                 self.dept_group.setdefault(d.pk, None)
