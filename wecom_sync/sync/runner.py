@@ -192,11 +192,19 @@ def _plan_and_apply(
     if failures:
         messages.append(_("%(count)d object(s) could not be applied; see the failed changes.") % {"count": failures})
     if held:
-        messages.append(
+        text = (
             _(
+                "%(count)d user(s) would be removed, above this source's threshold (%(limit)d users or "
+                "%(percent)d%%): a real run would be held for approval."
+            )
+            if dry_run
+            else _(
                 "%(count)d user(s) would be removed, above this source's threshold (%(limit)d users or "
                 "%(percent)d%%): nothing was removed. Approve or reject the run."
             )
+        )
+        messages.append(
+            text
             % {
                 "count": len(plan.user_removals),
                 "limit": source.removal_threshold_count,
