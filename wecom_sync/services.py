@@ -62,6 +62,46 @@ def run_full_sync(
     return runner.execute(run, progress=progress)
 
 
+def enqueue_full_sync(
+    source: SyncSource,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    trigger: str = SyncRun.Trigger.MANUAL,
+    requested_by: Any = None,
+) -> SyncRun:
+    """Create a queued run and hand it to a Celery worker (``tasks.full_sync``); return the run.
+
+    The run row is saved (autocommit) before the task is sent, so the worker finds it. If the broker
+    cannot be reached the run ends ``failed`` with a message instead of waiting forever.
+    """
+    from . import tasks  # the task module sits above the services; imported here, when needed
+
+    run = SyncRun.objects.create(
+        source=source,
+        kind=SyncRun.Kind.DRY_RUN if dry_run else SyncRun.Kind.FULL,
+        trigger=trigger,
+        force=force,
+        status=SyncRun.Status.QUEUED,
+        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+    )
+    try:
+        result = tasks.full_sync.delay(source.pk, dry_run=dry_run, force=force, trigger=trigger, run_id=run.pk)
+    except Exception as exc:  # noqa: BLE001 - kombu raises several types when the broker is down
+        logger.warning("wecom_sync.run.enqueue_failed", extra={"run_id": run.pk, "error_type": type(exc).__name__})
+        SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.QUEUED).update(
+            status=SyncRun.Status.FAILED,
+            finished_at=timezone.now(),
+            message=_("The task queue could not be reached (%(type)s); the run was not started.")
+            % {"type": type(exc).__name__},
+        )
+    else:
+        if getattr(result, "id", None):
+            SyncRun.objects.filter(pk=run.pk, task_id="").update(task_id=result.id)
+    run.refresh_from_db()
+    return run
+
+
 def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
     """Apply the removals a held run is waiting for, then close it as succeeded (or partial)."""
     run.refresh_from_db()
@@ -212,6 +252,7 @@ __all__ = [
     "approve_run",
     "close_stale_runs",
     "due_sources",
+    "enqueue_full_sync",
     "reject_run",
     "run_full_sync",
     "run_scheduled_syncs",
