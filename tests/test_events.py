@@ -391,11 +391,14 @@ def test_events_of_a_disabled_source_are_ignored(sim, source):
 
 
 def _reset_broker_pools(app) -> None:
-    for pool in (app._pool, getattr(app.amqp, "_producer_pool", None)):
-        if pool is not None:
-            pool.force_close_all()
+    """Forget cached broker connections and producers, so the next publish uses the current broker_url."""
+    from kombu import pools
+
+    if app._pool is not None:
+        app._pool.force_close_all()
     app._pool = None
     app.amqp._producer_pool = None
+    pools.reset()  # kombu's global producer pools are keyed by connection and would be reused
 
 
 @pytest.fixture
@@ -403,13 +406,15 @@ def unreachable_broker():
     """Make Celery publish for real, to a closed port; restore eager mode afterwards."""
     from example_project.celery import app
 
-    saved = (app.conf.task_always_eager, app.conf.broker_url, app.conf.broker_connection_timeout)
+    saved = (app.conf.task_always_eager, app.conf.broker_url, app.conf.broker_connection_timeout,
+             app.conf.task_default_queue)
     app.conf.task_always_eager = False
     app.conf.broker_url = "redis://127.0.0.1:1/0"
     app.conf.broker_connection_timeout = 1
     _reset_broker_pools(app)
     yield app
-    app.conf.task_always_eager, app.conf.broker_url, app.conf.broker_connection_timeout = saved
+    (app.conf.task_always_eager, app.conf.broker_url, app.conf.broker_connection_timeout,
+     app.conf.task_default_queue) = saved
     _reset_broker_pools(app)
 
 
@@ -470,3 +475,68 @@ def test_reprocess_accepts_ids(sim, source):
     assert events.reprocess_events([event.pk]) == 1
     event.refresh_from_db()
     assert (event.status, event.attempts, event.last_error) == (Status.APPLIED, 0, "")
+
+
+@pytest.mark.worker
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_real_worker_applies_the_event_once_the_broker_is_back(
+    require_postgres, redis_url, sim, source, unreachable_broker, tmp_path
+):
+    """Broker down at callback time; then a real Redis broker and a real Celery worker process take over."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+    from pathlib import Path
+
+    from django.db import connection
+
+    userid = some_user(sim)["userid"]
+    sim.update_user(userid, name="worker applied")
+    event = last_event()
+    assert sim.deliveries[-1][1] == 200 and event.status == Status.PENDING
+
+    queue = f"wecom-sync-test-{uuid.uuid4().hex[:8]}"
+    db = connection.settings_dict
+    (tmp_path / "worker_settings.py").write_text(
+        "from tests.settings import *  # noqa: F403\n"
+        f"DATABASES = {{'default': {{'ENGINE': {db['ENGINE']!r}, 'NAME': {db['NAME']!r}, 'USER': {db['USER']!r},"
+        f" 'PASSWORD': {db['PASSWORD']!r}, 'HOST': {db['HOST']!r}, 'PORT': {db['PORT']!r}}}}}\n"
+        f"CELERY_BROKER_URL = {redis_url!r}\nCELERY_TASK_ALWAYS_EAGER = False\n"
+        f"CELERY_TASK_DEFAULT_QUEUE = {queue!r}\n",
+        encoding="utf-8",
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "worker_settings",
+           "PYTHONPATH": f"{tmp_path}:{root}"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "example_project", "worker", "--pool", "solo", "-Q", queue,
+         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        app = unreachable_broker
+        app.conf.broker_url = redis_url
+        app.conf.task_default_queue = queue
+        _reset_broker_pools(app)
+        assert events.requeue_pending_events(now=timezone.now() + timedelta(seconds=61)) == 1
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            event.refresh_from_db()
+            if event.status != Status.PENDING:
+                break
+            time.sleep(0.2)
+        assert event.status == Status.APPLIED, event.last_error
+        assert event.run.kind == "events"
+        assert ExternalUser.objects.get(source=source, userid_key=userid.lower()).name == "worker applied"
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        import redis
+
+        redis.Redis.from_url(redis_url).delete(queue)
