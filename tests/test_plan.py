@@ -10,6 +10,7 @@ from wecom_sync.sync.plan import (
     LocalDepartment,
     LocalState,
     LocalUser,
+    as_rows,
     build_plan,
     default_is_active,
     detect_renames,
@@ -48,7 +49,9 @@ def mirror(departments, users, *, removed_users=(), removed_depts=()):
         )
     for i, u in enumerate(users):
         state.users[u.key] = LocalUser(i + 1, u.userid, u.key, u.digest, u.status, u.key in removed_users, i + 100)
-        state.memberships[u.key] = {d: (o, lead, main) for d, o, lead, main in u.memberships() if d in universe}
+        state.memberships[u.key] = as_rows(
+            {d: (o, lead, main) for d, o, lead, main in u.memberships() if d in universe}
+        )
     return state
 
 
@@ -127,7 +130,7 @@ def test_user_changes_are_classified():
 
 def test_membership_only_change_is_a_move_and_removed_user_coming_back_is_reactivated():
     local = mirror(DEPTS, USERS)
-    local.memberships["alice"] = {3: (0, False, True)}  # local rows drifted; the payload did not
+    local.memberships["alice"] = ((3, 0, False, True),)  # local rows drifted; the payload did not
     plan = plan_of(DEPTS, USERS, local)
     [op] = plan.user_ops
     assert op.action == "moved" and op.added == (2,) and op.removed == (3,) and not op.content_changed

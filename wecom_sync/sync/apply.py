@@ -169,19 +169,25 @@ def load_local_state(
     for pk, userid, key, digest, status, removed, user_pk in users.values_list(
         "pk", "userid", "userid_key", "digest", "status", "is_removed", "user_id"
     ).iterator(chunk_size=5000):
+        if userid == key:
+            userid = key  # one string object instead of two equal ones
         state.users[key] = LocalUser(pk, userid, key, digest, status, removed, user_pk)
         pk_to_key[pk] = key
     if with_memberships and pk_to_key:
         memberships = ExternalMembership.objects.filter(user__source=source)
         if user_keys is not None:
             memberships = memberships.filter(user_id__in=list(pk_to_key))
+        rows: dict[str, list[tuple[int, int, bool, bool]]] = {}
         for user_pk, dept_pk, order, leader, main in memberships.values_list(
             "user_id", "department_id", "order", "is_leader", "is_main"
         ).iterator(chunk_size=10000):
             key = pk_to_key.get(user_pk)
             dept_id = pk_to_dept.get(dept_pk)
             if key is not None and dept_id is not None:
-                state.memberships.setdefault(key, {})[dept_id] = (order, leader, main)
+                rows.setdefault(key, []).append((dept_id, order, leader, main))
+        for key, items in rows.items():
+            items.sort()
+            state.memberships[key] = tuple(items)
     return state
 
 

@@ -14,6 +14,8 @@ from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
 #: (order, is_leader, is_main) of one membership.
 MembershipState = tuple[int, bool, bool]
+#: A member's memberships as stored in LocalState: ((department id, order, is_leader, is_main), ...) sorted.
+MembershipRows = tuple[tuple[int, int, bool, bool], ...]
 
 #: Raw user keys that only describe where a member sits: a change limited to these is a move.
 MOVE_KEYS = frozenset({"department", "main_department"})
@@ -47,17 +49,26 @@ class LocalUser(NamedTuple):
     user_pk: int | None
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalState:
-    """The local rows of one source, as plain values."""
+    """The local rows of one source, as plain values (compact: a large directory has 100k members)."""
 
     departments: dict[int, LocalDepartment] = field(default_factory=dict)
     users: dict[str, LocalUser] = field(default_factory=dict)
-    #: normalised userid -> {department id: (order, is_leader, is_main)}
-    memberships: dict[str, dict[int, MembershipState]] = field(default_factory=dict)
+    #: normalised userid -> sorted ((department id, order, is_leader, is_main), ...)
+    memberships: dict[str, MembershipRows] = field(default_factory=dict)
+
+    def memberships_of(self, key: str) -> dict[int, MembershipState]:
+        """The memberships of one member as {department id: (order, is_leader, is_main)}."""
+        return {d: (o, lead, main) for d, o, lead, main in self.memberships.get(key, ())}
 
 
-@dataclass
+def as_rows(memberships: Mapping[int, MembershipState]) -> MembershipRows:
+    """The LocalState form of a {department id: (order, is_leader, is_main)} mapping."""
+    return tuple(sorted((d, o, lead, main) for d, (o, lead, main) in memberships.items()))
+
+
+@dataclass(slots=True)
 class DepartmentOp:
     """Create, update, move or bring back one department."""
 
@@ -69,7 +80,7 @@ class DepartmentOp:
     fields: dict[str, list[Any]]
 
 
-@dataclass
+@dataclass(slots=True)
 class UserOp:
     """Create, update, move, (de)activate or re-key one user."""
 
@@ -90,7 +101,7 @@ class UserOp:
         return bool(self.added or self.removed or self.changed)
 
 
-@dataclass
+@dataclass(slots=True)
 class Plan:
     """Everything a run would change. Unchanged objects appear only in the counters."""
 
@@ -251,7 +262,6 @@ def plan_users(
     unchanged = 0
     local_users = local.users
     local_memberships = local.memberships
-    empty: dict[int, MembershipState] = {}
     for key, user in remote.items():
         row = local_users.get(key)
         wanted = desired_memberships(user, universe)
@@ -259,11 +269,11 @@ def plan_users(
         if row is None:
             ops.append(UserOp(key, "created", user, None, digest, True, wanted, added=tuple(sorted(wanted))))
             continue
-        current = local_memberships.get(key, empty)
         content_changed = row.digest != digest or row.userid != user.userid
-        if current == wanted:
+        if local_memberships.get(key, ()) == as_rows(wanted):
             added = removed = changed = ()
         else:
+            current = local.memberships_of(key)
             added = tuple(sorted(set(wanted) - set(current)))
             removed = tuple(sorted(set(current) - set(wanted)))
             changed = tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d]))
@@ -368,7 +378,7 @@ def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local:
         if old_key is None:
             continue
         row = local.users[old_key]
-        current = local.memberships.get(old_key, {})
+        current = local.memberships_of(old_key)
         wanted = op.memberships
         op.local = row
         op.renamed_from = row.userid
@@ -388,6 +398,7 @@ __all__ = [
     "LocalUser",
     "Plan",
     "UserOp",
+    "as_rows",
     "build_plan",
     "default_is_active",
     "desired_memberships",
