@@ -405,6 +405,11 @@ def test_scheduled_syncs_start_only_due_sources(source, fake_fetch):
     assert len(services.run_scheduled_syncs(enqueue=queued.append)) == 1
     assert queued[0].status == SyncRun.Status.QUEUED
     assert services.run_scheduled_syncs(enqueue=queued.append) == []  # one is already queued
+    # a queued run no worker ever picked up is closed after a while and no longer blocks the schedule
+    SyncRun.objects.filter(pk=queued[0].pk).update(created_at=timezone.now() - timedelta(days=1))
+    assert services.close_stale_runs() == 1
+    assert SyncRun.objects.get(pk=queued[0].pk).status == SyncRun.Status.FAILED
+    assert len(services.run_scheduled_syncs(enqueue=queued.append)) == 1
 
 
 def test_tasks_are_thin(source, fake_fetch):

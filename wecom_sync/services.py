@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 USER_REMOVAL_ACTIONS = (SyncRunChange.Action.DEACTIVATED, SyncRunChange.Action.DELETED, SyncRunChange.Action.REMOVED)
 
 
+#: A queued run older than this many STALE_RUN_SECONDS is considered lost.
+QUEUED_STALE_FACTOR = 6
+
+
 class RunStateError(ValueError):
     """The run is not in a state that allows this operation (e.g. approving a run that is not held)."""
 
@@ -196,7 +200,8 @@ def reject_run(run: SyncRun, user: Any = None) -> SyncRun:
 
 
 def close_stale_runs() -> int:
-    """Close as failed every running run without a heartbeat for STALE_RUN_SECONDS; free their locks."""
+    """Close as failed every running run without a heartbeat for STALE_RUN_SECONDS (and every run queued
+    for six times as long); free their locks. Returns how many were closed."""
     limit = timezone.now() - timedelta(seconds=app_settings.STALE_RUN_SECONDS)
     stale = SyncRun.objects.filter(status=SyncRun.Status.RUNNING).filter(
         Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit)
@@ -205,6 +210,14 @@ def close_stale_runs() -> int:
     closed = 0
     for run in stale:
         closed += int(lock.close_stale(run))
+    # A queued run that no worker picked up for a long time (lost message, broker wiped) would block its
+    # source's schedule forever: close it too.
+    never_started = SyncRun.objects.filter(
+        status=SyncRun.Status.QUEUED,
+        created_at__lt=timezone.now() - timedelta(seconds=QUEUED_STALE_FACTOR * app_settings.STALE_RUN_SECONDS),
+    )
+    for run in never_started:
+        closed += int(lock.close_stale(run, _("No worker started this run; it was closed so that syncs can go on.")))
     return closed
 
 
