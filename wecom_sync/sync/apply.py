@@ -519,12 +519,18 @@ class Applier:
         links = self.adapter.find_existing_users(self.source, remotes)
         new_pairs: list[tuple[RemoteUser, Any]] = []
         linked: list[tuple[Any, set[str]]] = []
+        claimed: set[int] = set()
         for remote in remotes:
             found = links.get(remote.key)
             try:
                 if isinstance(found, LinkError):
                     out[remote.key] = found
+                elif found is not None and found.pk in claimed:
+                    out[remote.key] = LinkError(
+                        _("Another member of this batch matches the same existing user; none was linked twice.")
+                    )
                 elif found is not None:
+                    claimed.add(found.pk)
                     changed = self.adapter.populate_user(found, remote, source=self.source, created=False)
                     changed |= self._set_active(found, remote)
                     linked.append((found, changed))
