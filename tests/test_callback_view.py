@@ -412,3 +412,23 @@ def test_dedupe_key_ignores_userid_case_and_payload_extras():
     assert dedupe_key(a) != dedupe_key({**a, "CreateTime": "2"})
     assert dedupe_key(a) != dedupe_key({**a, "NewUserID": "li"})
     assert dedupe_key(a) != dedupe_key({**a, "ChangeType": "delete_user"})
+
+
+xml_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="<>&]"), max_size=40
+)
+field_names = st.sampled_from(["UserID", "NewUserID", "Id", "ParentId", "Name", "Department", "CreateTime",
+                               "ChangeType", "Event", "TagId", "Status", "X-Custom", "Order"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(field_names, xml_text), max_size=8))
+def test_any_well_formed_event_is_stored_once(source, fields):
+    """Whatever a correctly signed event says, it is stored (once) and never answered with a 500."""
+    client = Client(raise_request_exception=False)
+    CallbackEvent.objects.all().delete()
+    inner = "<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in fields) + "</xml>"
+    for nonce in ("1", "2"):
+        body, params = signed(source, inner, nonce=nonce)
+        assert post(client, source, body, params).status_code == 200
+    assert CallbackEvent.objects.count() == 1
