@@ -32,6 +32,8 @@ from .models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
 from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
 logger = logging.getLogger("wecom_sync.events")
+# Enqueueing happens on the callback's path: its failure is reported with the callback's keys.
+callback_logger = logging.getLogger("wecom_sync.callback")
 
 #: user/get errcodes meaning "this member does not exist (any more)".
 USER_GONE_ERRCODES = frozenset({60111, 40003})
@@ -71,7 +73,7 @@ def enqueue_event(event_id: int) -> bool:
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         )
     except Exception as exc:  # noqa: BLE001 - any broker failure must not fail the callback
-        logger.warning(
+        callback_logger.warning(
             "wecom_sync.callback.enqueue_failed",
             extra={"event_id": event_id, "error": type(exc).__name__},
         )
