@@ -427,7 +427,9 @@ def test_broker_down_the_event_is_stored_and_later_applied(sim, source, unreacha
     assert elapsed < 4.0  # well inside WeCom's 5-second window
     event = last_event()
     assert event.status == Status.PENDING and event.attempts == 0
-    assert "wecom_sync.callback.enqueue_failed" in [r.getMessage() for r in caplog.records]
+    assert ("wecom_sync.callback", "wecom_sync.callback.enqueue_failed") in [
+        (r.name, r.getMessage()) for r in caplog.records
+    ]
     # The broker comes back (eager mode stands in for a worker); the periodic task finds the event.
     unreachable_broker.conf.task_always_eager = True
     assert requeue_pending_events() == 0  # younger than EVENT_REQUEUE_AFTER_SECONDS
