@@ -432,3 +432,18 @@ def test_any_well_formed_event_is_stored_once(source, fields):
         body, params = signed(source, inner, nonce=nonce)
         assert post(client, source, body, params).status_code == 200
     assert CallbackEvent.objects.count() == 1
+
+
+def test_url_verification_survives_an_unencoded_plus(client, source):
+    """A proxy (or WeCom) that leaves '+' unencoded makes it a space in the query: still verified."""
+    crypto = WeComCrypto(TOKEN, AES_KEY, source.corp_id)
+    for i in range(50):  # find an echostr with a '+' in it
+        echostr = crypto.encrypt(f"echo-{i}")
+        if "+" in echostr:
+            break
+    assert "+" in echostr
+    sig = crypto.sign("1700000000", "5", echostr)
+    raw = f"msg_signature={sig}&timestamp=1700000000&nonce=5&echostr={echostr.replace('/', '%2F')}"
+    response = client.get(f"/wecom/callback/{source.slug}/?{raw}")
+    assert response.status_code == 200
+    assert response.content == f"echo-{i}".encode()
