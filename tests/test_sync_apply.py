@@ -471,3 +471,15 @@ def test_dry_run_records_the_plan_only(source, fake_fetch):
     assert set(run.changes.values_list("action", flat=True)) == {"created"}
     assert run.changes.count() == 4 and not run.changes.filter(applied=True).exists()
     assert SyncRunChange.objects.exclude(run=run).count() == 0
+
+
+def test_linking_works_across_many_batches(source, fake_fetch):
+    """From the second batch on, emails are looked up in a per-run index (one scan instead of one per batch)."""
+    late = User.objects.create_user("late", email="Late@Corp.example")
+    users = [member(f"m{i}", email=f"m{i}@corp.example") for i in range(6)] + [member("zz", email="late@corp.example")]
+    fake_fetch["snapshot"] = snapshot([ROOT], users)
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "BATCH_SIZE": 2}):
+        run = services.run_full_sync(source)
+    assert run.status == SyncRun.Status.SUCCEEDED
+    assert ext(source, "zz").user_id == late.pk
+    assert User.objects.count() == 7

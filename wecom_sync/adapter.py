@@ -193,6 +193,7 @@ class DefaultWeComAdapter:
 
         model = self.get_user_model()
         remotes = list(remotes)
+        self._link_calls = getattr(self, "_link_calls", 0) + 1
         per_remote = {r.key: self.link_values(r) for r in remotes}
         result: dict[str, Any | LinkError | None] = {r.key: None for r in remotes}
         keys = sorted({k for values in per_remote.values() for k in values})
@@ -207,7 +208,12 @@ class DefaultWeComAdapter:
             if not self._has_field(field):
                 continue
             values = {v for vals in per_remote.values() for v in vals.get(key, ())}
-            if key == "email":
+            if key == "email" and self._link_calls > 1:
+                # A large run: the email column has no index, so scan it once per run, not once per batch.
+                index = self._email_index(field)
+                pks = {pk for v in values for pk in index.get(v, ())}
+                qs = model._default_manager.filter(pk__in=pks).annotate(_link=Lower(field)) if pks else []
+            elif key == "email":
                 qs = model._default_manager.annotate(_link=Lower(field)).filter(_link__in=values)
             else:
                 qs = model._default_manager.filter(**{f"{field}__in": values}).annotate(_link=Lower(field))
@@ -235,6 +241,18 @@ class DefaultWeComAdapter:
                     % {"count": len(candidates), "keys": ", ".join(sorted(per_remote[remote.key]))}
                 )
         return result
+
+
+    def _email_index(self, field: str) -> dict[str, list[int]]:
+        """Lower-cased email -> user pks of every user with an email, read once per adapter instance (run)."""
+        index = self.__dict__.get("_email_index_cache")
+        if index is None:
+            index = {}
+            rows = self.get_user_model()._default_manager.exclude(**{f"{field}__isnull": True}).exclude(**{field: ""})
+            for pk, email in rows.values_list("pk", field).iterator(chunk_size=10000):
+                index.setdefault(email.strip().lower(), []).append(pk)
+            self._email_index_cache = index
+        return index
 
 
 def get_adapter() -> DefaultWeComAdapter:
