@@ -33,6 +33,7 @@ def admin_page(page, live_server):
 def add_source(page, live_server, sim, slug="acme"):
     page.goto(f"{live_server.url}/admin/wecom_sync/syncsource/add/")
     page.fill("#id_name", "Acme")
+    page.press("#id_name", "Tab")  # let the admin's slug prepopulation run before the slug is typed
     page.fill("#id_slug", slug)
     page.fill("#id_corp_id", sim.corp_id)
     page.fill("#id_agent_id", str(sim.agent_id))
