@@ -128,6 +128,7 @@ class Command(BaseCommand):
         some_dept = sorted(d for d in sim.org.departments if d != 1)[0]
         new_dept = max(sim.org.departments) + 1
         before = CallbackEvent.objects.filter(source=source).count()
+        renamed_user_pk = ExternalUser.objects.get(source=source, userid_key=users[2].lower()).user_id
         changes = [
             (_("new department #%(id)d") % {"id": new_dept},
              lambda: sim.add_department({"id": new_dept, "name": "Demo Lab", "parentid": 1, "order": 1})),
@@ -166,7 +167,8 @@ class Command(BaseCommand):
              ExternalUser.objects.filter(source=source, userid_key=users[1].lower(),
                                          memberships__department__department_id=some_dept).exists()),
             (_("%(u)s kept the same Django account under its new userid") % {"u": users[2]},
-             ExternalUser.objects.filter(source=source, userid_key=(users[2] + ".renamed").lower()).exists()
+             ExternalUser.objects.filter(source=source, userid_key=(users[2] + ".renamed").lower(),
+                                         user_id=renamed_user_pk).exists()
              and not ExternalUser.objects.filter(source=source, userid_key=users[2].lower()).exists()),
             (_("%(u)s was deactivated") % {"u": users[3]},
              ExternalUser.objects.filter(source=source, userid_key=users[3].lower(), user__is_active=False).exists()),
