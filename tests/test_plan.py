@@ -11,6 +11,7 @@ from wecom_sync.sync.plan import (
     LocalState,
     LocalUser,
     as_rows,
+    build_full_plan,
     build_plan,
     default_is_active,
     detect_renames,
@@ -241,3 +242,40 @@ def test_plan_is_empty_once_applied(before, after):
     assert {op.key for op in plan.user_creates} == after_users - before_users
     assert {u.key for u in plan.user_removals} == before_users - after_users
     assert {d.department_id for d in plan.department_removals} == {d.id for d in before[0]} - {d.id for d in depts}
+
+
+def _chunks_of(state: LocalState, size: int):
+    keys = list(state.users)
+    for start in range(0, len(keys), size):
+        chunk = LocalState()
+        for key in keys[start : start + size]:
+            chunk.users[key] = state.users[key]
+            if key in state.memberships:
+                chunk.memberships[key] = state.memberships[key]
+        yield chunk
+
+
+def _summary(plan):
+    return (
+        sorted((op.key, op.action, op.added, op.removed, op.changed) for op in plan.user_ops),
+        sorted(u.key for u in plan.user_removals),
+        sorted((op.department_id, op.action, op.parent_id) for op in plan.department_ops),
+        sorted(d.department_id for d in plan.department_removals),
+        plan.unchanged_users,
+        plan.local_active_users,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(directories(), directories(), st.integers(1, 5), st.booleans())
+def test_chunked_full_plan_equals_the_whole_plan(before, after, size, complete):
+    """Reading local users chunk by chunk (bounded memory) plans exactly what reading them at once does."""
+    depts, users = after
+    local = mirror(*before)
+    whole = plan_of(depts, users, local, complete=complete)
+    chunked, gone = build_full_plan(
+        {d.id: d for d in depts}, {u.key: u for u in users}, local.departments, _chunks_of(local, size),
+        root_id=1, complete=complete,
+    )
+    assert _summary(chunked) == _summary(whole)
+    assert set(gone.users) == {u.key for u in whole.user_removals}

@@ -483,3 +483,20 @@ def test_linking_works_across_many_batches(source, fake_fetch):
     assert run.status == SyncRun.Status.SUCCEEDED
     assert ext(source, "zz").user_id == late.pk
     assert User.objects.count() == 7
+
+
+def test_local_users_read_in_chunks_match_a_whole_read(source, run):
+    users = [member(f"c{i}", (1, 2) if i % 2 else (2,)) for i in range(7)]
+    apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=users)
+    apply.remove_users(source, run, ["c3"])
+    whole = apply.load_local_state(source)
+    departments = apply.load_local_departments(source)
+    chunks = list(apply.iter_local_users(source, departments, size=3))
+    assert [len(c.users) for c in chunks] == [3, 3, 1]
+    merged_users, merged_memberships = {}, {}
+    for chunk in chunks:
+        merged_users.update(chunk.users)
+        merged_memberships.update(chunk.memberships)
+    assert merged_users == whole.users and merged_memberships == whole.memberships
+    assert whole.users["c3"].is_removed is True and "c3" not in whole.memberships
+    assert whole.memberships["c1"] == ((1, 0, False, True), (2, 0, False, False))

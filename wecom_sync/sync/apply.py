@@ -170,10 +170,8 @@ def insert_instances(
 # -- local state ------------------------------------------------------------------------------------------
 
 
-def load_local_state(
-    source: SyncSource, *, user_keys: Iterable[str] | None = None, with_memberships: bool = True
-) -> LocalState:
-    """Read the source's local rows as plain values (all departments; all users or only ``user_keys``)."""
+def load_local_departments(source: SyncSource) -> LocalState:
+    """Read the source's departments (all of them: a few thousand at most) as plain values."""
     state = LocalState()
     rows = list(
         ExternalDepartment.objects.filter(source=source).values_list(
@@ -187,37 +185,73 @@ def load_local_state(
             pk, dept_id, pk_to_dept.get(parent_pk), remote_parent, name, name_en, order,
             tuple(leaders or ()), digest, removed,
         )
+    return state
+
+
+def _read_users(state: LocalState, users: Any) -> None:
+    user_rows = users.values_list("pk", "userid", "userid_key", "digest", "status", "is_removed", "user_id")
+    for pk, userid, key, digest, status, removed, user_pk in _stream(user_rows):
+        if userid == key:
+            userid = key  # one string object instead of two equal ones
+        state.users[key] = LocalUser(pk, userid, key, digest, status, bool(removed), user_pk)
+
+
+def iter_local_users(source: SyncSource, departments: LocalState, size: int = 10000) -> Iterator[LocalState]:
+    """Yield the source's users (with memberships) in chunks of ``size``, by primary key: two queries each."""
+    pk_to_dept = {d.pk: d.department_id for d in departments.departments.values()}
+    last = 0
+    while True:
+        chunk = LocalState()
+        users = ExternalUser.objects.filter(source=source, pk__gt=last).order_by("pk")[:size]
+        first_pk = last
+        _read_users(chunk, users)
+        if not chunk.users:
+            return
+        last = max(u.pk for u in chunk.users.values())
+        memberships = ExternalMembership.objects.filter(
+            user__source=source, user_id__gt=first_pk, user_id__lte=last
+        )
+        _read_memberships(chunk, memberships, pk_to_dept)
+        yield chunk
+        if len(chunk.users) < size:
+            return
+
+
+def _read_memberships(state: LocalState, memberships: Any, pk_to_dept: Mapping[int, int]) -> None:
+    pk_to_key = {u.pk: u.key for u in state.users.values()}
+    current_pk, items = None, []
+    for user_pk, dept_pk, order, leader, main in _stream(
+        memberships.order_by("user_id").values_list("user_id", "department_id", "order", "is_leader", "is_main")
+    ):
+        if user_pk != current_pk:
+            if items and current_pk in pk_to_key:
+                state.memberships[pk_to_key[current_pk]] = tuple(sorted(items))
+            current_pk, items = user_pk, []
+        dept_id = pk_to_dept.get(dept_pk)
+        if dept_id is not None:
+            items.append((dept_id, order, bool(leader), bool(main)))
+    if items and current_pk in pk_to_key:
+        state.memberships[pk_to_key[current_pk]] = tuple(sorted(items))
+
+
+def load_local_state(
+    source: SyncSource, *, user_keys: Iterable[str] | None = None, with_memberships: bool = True
+) -> LocalState:
+    """Read the source's local rows as plain values (all departments; all users or only ``user_keys``)."""
+    state = load_local_departments(source)
+    pk_to_dept = {d.pk: d.department_id for d in state.departments.values()}
     users = ExternalUser.objects.filter(source=source)
     if user_keys is not None:
         user_keys = list(user_keys)
         if not user_keys:
             return state
         users = users.filter(userid_key__in=user_keys)
-    pk_to_key: dict[int, str] = {}
-    user_rows = users.order_by().values_list("pk", "userid", "userid_key", "digest", "status", "is_removed", "user_id")
-    for pk, userid, key, digest, status, removed, user_pk in _stream(user_rows):
-        if userid == key:
-            userid = key  # one string object instead of two equal ones
-        state.users[key] = LocalUser(pk, userid, key, digest, status, bool(removed), user_pk)
-        pk_to_key[pk] = key
-    if with_memberships and pk_to_key:
+    _read_users(state, users.order_by())
+    if with_memberships and state.users:
         memberships = ExternalMembership.objects.filter(user__source=source)
         if user_keys is not None:
-            memberships = memberships.filter(user_id__in=list(pk_to_key))
-        # Ordered by member, so each member's tuple is built as its rows arrive (no intermediate lists).
-        current_pk, items = None, []
-        for user_pk, dept_pk, order, leader, main in _stream(
-            memberships.order_by("user_id").values_list("user_id", "department_id", "order", "is_leader", "is_main")
-        ):
-            if user_pk != current_pk:
-                if items and current_pk in pk_to_key:
-                    state.memberships[pk_to_key[current_pk]] = tuple(sorted(items))
-                current_pk, items = user_pk, []
-            dept_id = pk_to_dept.get(dept_pk)
-            if dept_id is not None:
-                items.append((dept_id, order, bool(leader), bool(main)))
-        if items and current_pk in pk_to_key:
-            state.memberships[pk_to_key[current_pk]] = tuple(sorted(items))
+            memberships = memberships.filter(user_id__in=[u.pk for u in state.users.values()])
+        _read_memberships(state, memberships, pk_to_dept)
     return state
 
 

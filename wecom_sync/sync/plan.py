@@ -337,6 +337,59 @@ def build_plan(
     return plan
 
 
+def build_full_plan(
+    departments: Mapping[int, RemoteDepartment],
+    users: Mapping[str, RemoteUser],
+    local_departments: Mapping[int, LocalDepartment],
+    user_chunks: Iterable[LocalState],
+    *,
+    root_id: int | None,
+    complete: bool,
+    is_active: Callable[[int], bool] = default_is_active,
+) -> tuple[Plan, LocalState]:
+    """The plan of a full sync, reading local users chunk by chunk (bounded memory on big directories).
+
+    Same result as ``build_plan(..., full=True)`` over the union of the chunks. Returns the plan and a
+    LocalState of the removal candidates only (what ``detect_renames`` needs).
+    """
+    removals_allowed = complete
+    keep_local = {
+        d.department_id
+        for d in local_departments.values()
+        if not d.is_removed and not (removals_allowed and d.department_id not in departments)
+    }
+    universe = set(departments) | keep_local
+    dept_ops, dept_unchanged = plan_departments(departments, local_departments, root_id=root_id, universe=universe)
+    plan = Plan(department_ops=dept_ops, unchanged_departments=dept_unchanged, removals_allowed=removals_allowed)
+    gone = LocalState()
+    seen: set[str] = set()
+    for chunk in user_chunks:
+        present = {key: users[key] for key in chunk.users if key in users}
+        ops, unchanged = plan_users(present, chunk, universe=universe, is_active=is_active)
+        plan.user_ops.extend(ops)
+        plan.unchanged_users += unchanged
+        seen.update(present)
+        for row in chunk.users.values():
+            if row.is_removed:
+                continue
+            plan.local_active_users += 1
+            if removals_allowed and row.key not in users:
+                plan.user_removals.append(row)
+                gone.users[row.key] = row
+                if row.key in chunk.memberships:
+                    gone.memberships[row.key] = chunk.memberships[row.key]
+    new = {key: user for key, user in users.items() if key not in seen}
+    ops, _unchanged = plan_users(new, LocalState(), universe=universe, is_active=is_active)
+    plan.user_ops.extend(ops)
+    if removals_allowed:
+        plan.department_removals = sorted(
+            (d for d in local_departments.values() if not d.is_removed and d.department_id not in departments),
+            key=lambda d: d.department_id,
+        )
+        plan.user_removals.sort(key=lambda u: u.key)
+    return plan, gone
+
+
 def _contact_keys(name: str, values: Iterable[str]) -> set[tuple[str, str]]:
     return {(name.strip(), v.strip().lower()) for v in values if v and v.strip() and name.strip()}
 
@@ -399,6 +452,7 @@ __all__ = [
     "Plan",
     "UserOp",
     "as_rows",
+    "build_full_plan",
     "build_plan",
     "default_is_active",
     "desired_memberships",

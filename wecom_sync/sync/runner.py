@@ -16,8 +16,8 @@ from ..models import SyncRun, SyncSource
 from ..signals import sync_finished
 from ..snapshot import Snapshot
 from . import lock
-from .apply import Applier, load_contacts, load_local_state
-from .plan import build_plan, detect_renames, exceeds_threshold
+from .apply import Applier, iter_local_users, load_contacts, load_local_departments
+from .plan import build_full_plan, detect_renames, exceeds_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +141,20 @@ def _plan_and_apply(
     fetch_seconds: float,
 ) -> SyncRun:
     adapter = get_adapter()
-    local = load_local_state(source)
-    plan = build_plan(
+    departments = load_local_departments(source)
+    plan, gone = build_full_plan(
         snapshot.departments,
         snapshot.users,
-        local,
+        departments.departments,
+        iter_local_users(source, departments),
         root_id=snapshot.root_department_id,
-        full=True,
         complete=snapshot.complete,
         is_active=adapter.is_active_for_status,
     )
     renames = 0
     if plan.user_removals and any(op.local is None for op in plan.user_ops):
-        renames = detect_renames(plan, load_contacts(source, [u.key for u in plan.user_removals]), local)
-    del local
+        renames = detect_renames(plan, load_contacts(source, [u.key for u in plan.user_removals]), gone)
+    del departments, gone
     held = (
         plan.removals_allowed
         and not run.force
