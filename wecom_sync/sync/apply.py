@@ -644,11 +644,12 @@ class Applier:
 
     def _write_memberships(self, ext_pk: int, op: UserOp, adds: list, removes: Q, group_add: list,
                            group_remove: list, user_pk: int | None, all_added: bool = False) -> Q:
-        for dept_id in (op.memberships if all_added else (*op.added, *op.changed)):
+        memberships = op.memberships
+        for dept_id in (memberships if all_added else (*op.added, *op.changed)):
             dept_pk = self.dept_pk.get(dept_id)
             if dept_pk is None:
                 continue
-            order, leader, main = op.memberships[dept_id]
+            order, leader, main = memberships[dept_id]
             adds.append((ext_pk, dept_pk, order, leader, main))
             if dept_id in op.added or all_added:
                 group_add.append((user_pk, self.dept_group.get(dept_pk)))

@@ -90,11 +90,17 @@ class UserOp:
     local: LocalUser | None
     digest: str
     content_changed: bool
-    memberships: dict[int, MembershipState]
+    #: the synced department ids (shared by every op of a plan): memberships are derived, not stored
+    universe: frozenset[int] | set[int]
     added: tuple[int, ...] = ()
     removed: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
     renamed_from: str | None = None
+
+    @property
+    def memberships(self) -> dict[int, MembershipState]:
+        """The memberships the member should have: {department id: (order, is_leader, is_main)}."""
+        return desired_memberships(self.remote, self.universe)
 
     @property
     def memberships_changed(self) -> bool:
@@ -267,7 +273,7 @@ def plan_users(
         wanted = desired_memberships(user, universe)
         digest = user.digest
         if row is None:
-            ops.append(UserOp(key, "created", user, None, digest, True, wanted, added=tuple(sorted(wanted))))
+            ops.append(UserOp(key, "created", user, None, digest, True, universe))
             continue
         content_changed = row.digest != digest or row.userid != user.userid
         if local_memberships.get(key, ()) == as_rows(wanted):
@@ -290,7 +296,7 @@ def plan_users(
         else:
             unchanged += 1
             continue
-        ops.append(UserOp(key, action, user, row, digest, content_changed, wanted, added, removed, changed))
+        ops.append(UserOp(key, action, user, row, digest, content_changed, universe, added, removed, changed))
     return ops, unchanged
 
 
