@@ -177,6 +177,7 @@ def start_worker(require_postgres, transactional_db, broker: Broker, tmp_path: P
 
     db = connection.settings_dict
     cache_prefix = f"proof-{uuid.uuid4().hex[:8]}"
+    home_url = broker.url
     workers: list[Worker] = []
 
     def start(*, concurrency: int = 1, pool: str = "solo", wecom: dict[str, Any] | None = None,
@@ -220,10 +221,13 @@ def start_worker(require_postgres, transactional_db, broker: Broker, tmp_path: P
         worker.stop()
     import redis
 
-    client = redis.Redis.from_url(broker.url)
-    client.delete(broker.queue)
-    for key in client.scan_iter(f"*{cache_prefix}*"):
-        client.delete(key)
+    try:
+        client = redis.Redis.from_url(home_url, socket_connect_timeout=1)
+        client.delete(broker.queue)
+        for key in client.scan_iter(f"*{cache_prefix}*"):
+            client.delete(key)
+    except redis.RedisError:
+        pass  # best effort: the database is flushed at the next session anyway
 
 
 class PrivateRedis:
