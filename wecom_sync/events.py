@@ -190,6 +190,50 @@ def _department_group(source: SyncSource, event: CallbackEvent) -> list[Callback
     )
 
 
+#: At most this many unknown departments are fetched for one event group (a guard against a runaway chain).
+MISSING_DEPARTMENTS_LIMIT = 200
+
+
+def _missing_departments(source: SyncSource, client: Any, wanted: Iterable[int | None]) -> list[RemoteDepartment]:
+    """Fetch the departments in ``wanted`` that are not mirrored yet, and their missing ancestors.
+
+    Events are coalesced and may be processed out of WeCom's order: a member's event can be handled before
+    the create_party of a department the member is now in (or a department's before its parent's). Without
+    this, the membership (or the parent link) would be dropped until the next full sync. Only departments
+    whose chain of parents reaches a mirrored department (or the source's root) are returned.
+    """
+    from .models import ExternalDepartment
+
+    root = int(source.root_department_id or 1)
+    known = set(
+        ExternalDepartment.objects.filter(source=source, is_removed=False).values_list("department_id", flat=True)
+    )
+    fetched: dict[int, RemoteDepartment] = {}
+    queue = [int(d) for d in wanted if d and int(d) not in known]
+    while queue and len(fetched) < MISSING_DEPARTMENTS_LIMIT:
+        dept_id = queue.pop()
+        if dept_id in known or dept_id in fetched:
+            continue
+        try:
+            remote = RemoteDepartment.from_api(client.get_department(dept_id))
+        except WeComAPIError as exc:
+            if exc.errcode not in DEPARTMENT_GONE_ERRCODES and exc.errcode != 60011:
+                raise
+            continue  # gone, or outside what the app may see: nothing to mirror
+        fetched[dept_id] = remote
+        if remote.id != root and remote.parent_id and remote.parent_id not in known:
+            queue.append(int(remote.parent_id))
+    in_scope = set(known)
+    changed = True
+    while changed:
+        changed = False
+        for dept_id, remote in fetched.items():
+            if dept_id not in in_scope and (dept_id == root or remote.parent_id in in_scope):
+                in_scope.add(dept_id)
+                changed = True
+    return [remote for dept_id, remote in fetched.items() if dept_id in in_scope]
+
+
 def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], outcome: _Outcome) -> None:
     from .client import WeComClient
     from .sync.apply import apply_remote_objects, remove_users, rename_user
@@ -226,7 +270,8 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
                 raise
             gone.append(userid)
     if found:
-        outcome.add(apply_remote_objects(source, run, users=found))
+        departments = _missing_departments(source, client, {d for user in found for d in user.departments})
+        outcome.add(apply_remote_objects(source, run, departments=departments, users=found))
     if gone:
         outcome.add(remove_users(source, run, gone))
 
@@ -246,7 +291,8 @@ def _apply_departments(
             raise
         outcome.add(remove_departments(source, run, [department_id]))
         return
-    outcome.add(apply_remote_objects(source, run, departments=[remote]))
+    parents = _missing_departments(source, client, [remote.parent_id]) if remote.id != source.root_department_id else []
+    outcome.add(apply_remote_objects(source, run, departments=[*parents, remote]))
 
 
 def _full_sync_holds_lock(source: SyncSource) -> bool:
