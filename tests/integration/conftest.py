@@ -299,6 +299,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def sim_source(sim: Any, **overrides) -> Any:
+    """A source of the simulator's corp, with both secrets."""
+    from tests.factories import make_source
+
+    values = {"corp_id": sim.corp_id, "secret": sim.app_secret, "contact_sync_secret": sim.contact_sync_secret,
+              "api_base_url": sim.base_url, "agent_id": sim.agent_id}
+    values.update(overrides)
+    return make_source(**values)
+
+
+def finished(run_pk: int) -> Any:
+    """The run if it has finished, else None."""
+    from wecom_sync.models import SyncRun
+
+    run = SyncRun.objects.get(pk=run_pk)
+    return run if run.is_finished else None
+
+
 def active_for(status: int) -> bool:
     """The Django account of a member with this WeCom status is active (default settings)."""
     return status in (1, 4)

@@ -13,8 +13,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tests.factories import AES_KEY, TOKEN
-from tests.integration.conftest import directory_diff, wait_until
-from tests.integration.test_worker_sync import finished, sim_source
+from tests.integration.conftest import directory_diff, finished, sim_source, wait_until
 from wecom_sync import events, tasks
 from wecom_sync.models import CallbackEvent, ExternalMembership, ExternalUser, SyncRun, SyncRunChange
 from wecom_sync.simulator import WeComSimulator, generate_organisation

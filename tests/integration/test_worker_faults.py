@@ -16,8 +16,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from tests.factories import AES_KEY, TOKEN
-from tests.integration.conftest import directory_diff, wait_until
-from tests.integration.test_worker_sync import finished, sim_source
+from tests.integration.conftest import directory_diff, finished, sim_source, wait_until
 from wecom_sync import events, services, tasks
 from wecom_sync.models import CallbackEvent, ExternalMembership, ExternalUser, SyncRun, SyncSource
 from wecom_sync.simulator import WeComSimulator, generate_organisation

@@ -7,28 +7,13 @@ import time
 
 import pytest
 
-from tests.factories import make_source
-from tests.integration.conftest import directory_diff, wait_until
+from tests.integration.conftest import directory_diff, finished, sim_source, wait_until
 from wecom_sync import tasks
 from wecom_sync.models import CallbackEvent, ExternalUser, SyncRun, SyncSource
 from wecom_sync.services import enqueue_full_sync
 from wecom_sync.simulator import WeComSimulator, generate_organisation
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.postgres, pytest.mark.redis]
-
-
-def sim_source(sim: WeComSimulator, **overrides) -> SyncSource:
-    """A source of the simulator's corp, with both secrets."""
-    values = {"corp_id": sim.corp_id, "secret": sim.app_secret, "contact_sync_secret": sim.contact_sync_secret,
-              "api_base_url": sim.base_url, "agent_id": sim.agent_id}
-    values.update(overrides)
-    return make_source(**values)
-
-
-def finished(run_pk: int) -> SyncRun | None:
-    """The run if it has finished, else None."""
-    run = SyncRun.objects.get(pk=run_pk)
-    return run if run.is_finished else None
 
 
 def test_full_sync_of_20k_users_through_the_worker_equals_the_simulator(start_worker):
