@@ -500,3 +500,25 @@ def test_local_users_read_in_chunks_match_a_whole_read(source, run):
     assert merged_users == whole.users and merged_memberships == whole.memberships
     assert whole.users["c3"].is_removed is True and "c3" not in whole.memberships
     assert whole.memberships["c1"] == ((1, 0, False, True), (2, 0, False, False))
+
+
+def test_cyclic_gc_is_paused_during_a_run_and_restored(source, fake_fetch):
+    import gc
+
+    seen = []
+
+    def fetch(source, progress=None):
+        seen.append(gc.isenabled())
+        return snapshot([ROOT], [member("g1")])
+
+    fake_fetch["snapshot"] = None
+    runner.fetch = fetch
+    assert gc.isenabled()
+    assert services.run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        services.run_full_sync(source)
+        assert not gc.isenabled()  # a process that had it off keeps it off
+    finally:
+        gc.enable()
