@@ -28,7 +28,7 @@ from django.utils.translation import gettext as _
 from .callbacks import DEPARTMENT_CHANGE_TYPES, USER_CHANGE_TYPES
 from .conf import app_settings
 from .exceptions import WeComAPIError
-from .models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
+from .models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
 logger = logging.getLogger("wecom_sync.events")
@@ -202,8 +202,6 @@ def _missing_departments(source: SyncSource, client: Any, wanted: Iterable[int |
     this, the membership (or the parent link) would be dropped until the next full sync. Only departments
     whose chain of parents reaches a mirrored department (or the source's root) are returned.
     """
-    from .models import ExternalDepartment
-
     root = int(source.root_department_id or 1)
     known = set(
         ExternalDepartment.objects.filter(source=source, is_removed=False).values_list("department_id", flat=True)
@@ -242,9 +240,12 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
         ((e.create_time, e.pk, _userid(e), _new_userid(e)) for e in group if _new_userid(e)),
         key=lambda r: (r[0], r[1]),
     )
+    unrenamed: list[str] = []
     for _ct, _pk, old, new in renames:
         renamed = rename_user(source, run, old, new)
         outcome.add({"renamed": 1 if renamed else 0})
+        if not renamed:
+            unrenamed.append(old)
 
     def final_userid(userid: str, since: int) -> str:
         # Follow the renames made at or after `since`: the member now answers to the last new userid.
@@ -257,6 +258,15 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
     targets: dict[str, str] = {}
     for e in group:
         userid = final_userid(_new_userid(e) or _userid(e), e.create_time)
+        targets.setdefault(normalize_userid(userid), userid)
+
+    # A rename that could not be applied (a full sync running at that moment already mirrored the new
+    # userid) leaves the old mirror behind: re-fetch the old userid too, so that it is removed once WeCom
+    # confirms it is gone, instead of staying active until the next full sync.
+    leftover = ExternalUser.objects.filter(
+        source=source, userid_key__in=[normalize_userid(u) for u in unrenamed], is_removed=False
+    ).values_list("userid", flat=True)
+    for userid in leftover:
         targets.setdefault(normalize_userid(userid), userid)
 
     client = WeComClient.from_source(source)

@@ -195,3 +195,28 @@ def test_member_event_handled_before_its_new_department_event_keeps_the_membersh
         assert events.process_event(stored[1].pk) == "applied"
         assert events.process_event(stored[0].pk) == "applied"
         assert directory_diff(source, sim) == []
+
+
+def test_rename_event_after_a_sync_already_mirrored_the_new_userid_removes_the_old_mirror():
+    """Regression (found by the load test): a full sync whose per-department fetch straddled a rename saw
+    both userids; the rename event then could not re-key (the new userid was taken) and the old mirror
+    stayed active. The event now re-fetches the old userid and removes it once WeCom says it is gone."""
+    from wecom_sync.callbacks import parse_event, store_event
+    from wecom_sync.client import WeComClient
+    from wecom_sync.services import run_full_sync
+    from wecom_sync.snapshot import RemoteUser
+    from wecom_sync.sync.apply import apply_remote_objects
+
+    with WeComSimulator(generate_organisation(users=10, departments=3, seed=10)) as sim:
+        source = sim_source(sim)
+        assert run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+        old = next(u for u, data in sorted(sim.org.users.items()) if data["status"] == 1)
+        event = store_event(source, parse_event(sim.rename_userid(old, f"{old}New", deliver=False)))[0]
+        # What the straddling full sync did: it mirrored the new userid as a member of its own.
+        torn = SyncRun.objects.create(source=source, status=SyncRun.Status.SUCCEEDED)
+        remote = RemoteUser.from_api(WeComClient.from_source(source).get_user(f"{old}New"))
+        apply_remote_objects(source, torn, users=[remote])
+        assert events.process_event(event.pk) == "applied"
+        assert directory_diff(source, sim) == []
+        stale = ExternalUser.objects.get(source=source, userid_key=old.lower())
+        assert stale.is_removed and not stale.user.is_active
