@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,6 @@ class Worker:
     process: subprocess.Popen
     nodename: str
     log_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -203,10 +202,10 @@ def start_worker(require_postgres, transactional_db, broker: Broker, tmp_path: P
         worker = Worker(process, nodename, log_path)
         workers.append(worker)
         if wait:
-            wait_ready(worker, concurrency)
+            wait_ready(worker)
         return worker
 
-    def wait_ready(worker: Worker, concurrency: int) -> None:
+    def wait_ready(worker: Worker) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if worker.process.poll() is not None:
