@@ -10,9 +10,7 @@ from datetime import timedelta
 
 import pytest
 import requests
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.test import override_settings
 from django.utils import timezone
 
 from tests.factories import AES_KEY, TOKEN
@@ -58,9 +56,17 @@ def test_worker_killed_mid_sync_is_closed_as_failed_and_the_next_run_converges(s
         assert run.status == SyncRun.Status.RUNNING
         assert SyncSource.objects.get(pk=source.pk).lock_run_id == run.pk
 
-        # The stale-run task closes it once the heartbeat is older than STALE_RUN_SECONDS.
-        with override_settings(WECOM_SYNC={**django_settings.WECOM_SYNC, "STALE_RUN_SECONDS": 2}):
-            wait_until(services.close_stale_runs, 20, 0.5, "close_stale_runs never closed the dead run")
+        # The periodic stale-run task (sent as beat would, run by a new worker whose STALE_RUN_SECONDS is 2)
+        # closes it once its heartbeat is older than that.
+        worker2 = start_worker(wecom={"STALE_RUN_SECONDS": 2})
+
+        def closed() -> bool:
+            if SyncRun.objects.get(pk=run.pk).status != SyncRun.Status.RUNNING:
+                return True
+            tasks.close_stale_runs.delay()
+            return False
+
+        wait_until(closed, 30, 1.0, f"the stale-run task never closed the dead run:\n{worker2.log_tail()}")
         run.refresh_from_db()
         assert run.status == SyncRun.Status.FAILED
         assert "heartbeat" in run.message
@@ -75,8 +81,7 @@ def test_worker_killed_mid_sync_is_closed_as_failed_and_the_next_run_converges(s
         assert not ExternalUser.objects.filter(source=source, user__isnull=True).exists()
         assert not ExternalMembership.objects.filter(user__user__isnull=True).exists()
 
-        # The next run (on a new worker) converges.
-        worker2 = start_worker()
+        # The next run (on the new worker) converges.
         rerun = run_in_worker(source, worker=worker2)
         assert rerun.status == SyncRun.Status.SUCCEEDED, rerun.message
         assert rerun.counters["users_created"] == 6000 - len(present)
