@@ -12,6 +12,7 @@ per test session. The "broker stopped" test gets its own redis-server on a free 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.factories import AES_KEY, APP_SECRET, CONTACT_SECRET, TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Redis database of the integration tests on the machine's Redis.
@@ -164,6 +167,12 @@ def _settings_module(path: Path, *, db: dict[str, Any], broker_url: str, queue: 
 
 StartWorker = Callable[..., Worker]
 
+#: What must never appear in a worker's log: a token or secret in a query string, or a known test secret.
+_LEAK = re.compile(
+    r"(access_token|corpsecret)=(?!\*\*\*)[^&\s'\"]+|sim-app-secret|sim-contact-secret|"
+    + "|".join(re.escape(v) for v in (APP_SECRET, CONTACT_SECRET, TOKEN, AES_KEY))
+)
+
 
 @pytest.fixture
 def start_worker(require_postgres, transactional_db, broker: Broker, tmp_path: Path) -> Iterator[StartWorker]:  # noqa: ANN001
@@ -218,6 +227,10 @@ def start_worker(require_postgres, transactional_db, broker: Broker, tmp_path: P
     yield start
     for worker in workers:
         worker.stop()
+    # The workers' own logs (warnings, errors, tracebacks) must not carry a secret either.
+    for worker in workers:
+        text = worker.log_path.read_text(encoding="utf-8", errors="replace") if worker.log_path.exists() else ""
+        assert not _LEAK.search(text), f"a secret in the log of {worker.nodename}: {_LEAK.search(text).group(0)[:40]}"
     import redis
 
     try:
