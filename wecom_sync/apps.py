@@ -8,4 +8,9 @@ class WeComSyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.utils.translation import gettext
+
         from . import checks  # noqa: F401 - registers system checks
+        from .exceptions import set_translator
+
+        set_translator(gettext)  # errcode hints and error texts are shown in the active language

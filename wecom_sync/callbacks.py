@@ -18,7 +18,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from django.db import IntegrityError, transaction
 
-from .exceptions import WeComError
+from .exceptions import WeComError, gettext_noop
 from .models import CallbackEvent, SyncSource
 from .snapshot import normalize_userid
 
@@ -37,13 +37,13 @@ _MAX_FIELD_CHARS = 4096
 class CallbackXMLError(WeComError):
     """A callback body or decrypted event is not well-formed, safe XML."""
 
-    hint = "The callback body is not the XML WeCom sends."
+    hint = gettext_noop("The callback body is not the XML WeCom sends.")
 
 
 class MissingEncryptError(WeComError):
     """The callback envelope has no <Encrypt> element (or it is empty)."""
 
-    hint = "The callback body has no encrypted payload."
+    hint = gettext_noop("The callback body has no encrypted payload.")
 
 
 @dataclass(frozen=True, slots=True)

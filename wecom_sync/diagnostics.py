@@ -7,7 +7,7 @@ from typing import Any
 
 from django.utils.translation import gettext as _
 
-from .exceptions import WeComAPIError, WeComError
+from .exceptions import WeComAPIError, WeComError, translate
 
 #: Fields that apps created after 2022-06-20 no longer receive (wecom-protocol.md §2).
 RESTRICTED_FIELDS = ("mobile", "email", "biz_mail", "avatar", "gender", "address")
@@ -44,8 +44,8 @@ class ProbeReport:
 def _failed(name: str, exc: Exception) -> ProbeStep:
     if isinstance(exc, WeComAPIError):
         return ProbeStep(name, False, _("WeCom answered errcode %(code)s.") % {"code": exc.errcode},
-                         exc.errcode, exc.hint)
-    return ProbeStep(name, False, str(exc), None, getattr(exc, "hint", ""))
+                         exc.errcode, translate(exc.hint))
+    return ProbeStep(name, False, str(exc), None, translate(getattr(exc, "hint", "")))
 
 
 def probe_source(source: Any) -> ProbeReport:

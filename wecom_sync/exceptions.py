@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+
+def gettext_noop(message: str) -> str:
+    """Mark a message for translation (``makemessages`` extracts it) without importing Django."""
+    return message
+
+
+#: Translates a marked message at display time; the app's ``ready()`` installs Django's gettext.
+_translator: Callable[[str], str] = gettext_noop
+
+
+def set_translator(translator: Callable[[str], str]) -> None:
+    """Install the function that translates the hints and error texts below (Django's gettext)."""
+    global _translator
+    _translator = translator
+
+
+def translate(message: str) -> str:
+    """Return a message marked with ``gettext_noop`` in the active language (unchanged if none)."""
+    return _translator(message) if message else message
+
+
 # Plain-language hints for the errcodes an administrator is likely to meet. Each says what to do.
 ERRCODE_HINTS: dict[int, str] = {
-    -1: "WeCom is busy; the call is retried automatically. If it persists, try again later.",
-    40001: "The Secret is wrong, was reset, or its app is disabled. Copy the Secret again from the "
-    "WeCom console (App Management, or Contacts Sync for the contact-sync secret).",
-    40003: "The userid is not in the directory (the member left or was deleted) or has a bad format.",
-    40013: "The Corp ID is wrong. Copy it from My Company, Company Information in the WeCom console.",
-    40014: "The access token is invalid; a new one is fetched automatically.",
-    40091: "The Secret does not belong to this Corp ID.",
-    41001: "The access token is missing; a new one is fetched automatically.",
-    42001: "The access token expired; a new one is fetched automatically.",
-    45009: "WeCom's call-frequency limit was reached; the call is retried after a pause. Lower the sync "
-    "frequency if this happens often.",
-    45033: "WeCom's concurrency limit was reached; the call is retried. Lower FETCH_CONCURRENCY.",
-    48002: "This app's token is not allowed to call this API. Reading the directory needs a self-built "
-    "app whose visibility covers the departments; id enumeration needs the contact-sync secret.",
-    48009: "The contact-sync assistant may not read directory details from a newly added IP. Set the "
-    "self-built app's Secret on the source for details; keep the contact-sync secret only for ids.",
-    50002: "The member is outside the app's visibility scope. Widen the app's visible range.",
-    60011: "No privilege: the department or member is outside the app's visible range. In the WeCom "
-    "console, set the app's visible range to the root department.",
-    60020: "This server's IP is not a trusted IP of the app. Add it under the app's Trusted IPs in the "
-    "WeCom console and wait about a minute.",
-    60111: "The userid does not exist: the member left, was deleted, or is not visible to the app.",
-    60123: "The department id does not exist in the directory (it was deleted or is not visible).",
-    301002: "The token has no rights over this AgentId. Check that the AgentId and the Secret belong to "
-    "the same app.",
+    -1: gettext_noop("WeCom is busy; the call is retried automatically. If it persists, try again later."),
+    40001: gettext_noop("The Secret is wrong, was reset, or its app is disabled. Copy the Secret again from the "
+        "WeCom console (App Management, or Contacts Sync for the contact-sync secret)."),
+    40003: gettext_noop("The userid is not in the directory (the member left or was deleted) or has a bad format."),
+    40013: gettext_noop("The Corp ID is wrong. Copy it from My Company, Company Information in the WeCom console."),
+    40014: gettext_noop("The access token is invalid; a new one is fetched automatically."),
+    40091: gettext_noop("The Secret does not belong to this Corp ID."),
+    41001: gettext_noop("The access token is missing; a new one is fetched automatically."),
+    42001: gettext_noop("The access token expired; a new one is fetched automatically."),
+    45009: gettext_noop("WeCom's call-frequency limit was reached; the call is retried after a pause. Lower the sync "
+        "frequency if this happens often."),
+    45033: gettext_noop("WeCom's concurrency limit was reached; the call is retried. Lower FETCH_CONCURRENCY."),
+    48002: gettext_noop("This app's token is not allowed to call this API. Reading the directory needs a self-built "
+        "app whose visibility covers the departments; id enumeration needs the contact-sync secret."),
+    48009: gettext_noop("The contact-sync assistant may not read directory details from a newly added IP. Set the "
+        "self-built app's Secret on the source for details; keep the contact-sync secret only for ids."),
+    50002: gettext_noop("The member is outside the app's visibility scope. Widen the app's visible range."),
+    60011: gettext_noop("No privilege: the department or member is outside the app's visible range. In the WeCom "
+        "console, set the app's visible range to the root department."),
+    60020: gettext_noop("This server's IP is not a trusted IP of the app. Add it under the app's Trusted IPs in the "
+        "WeCom console and wait about a minute."),
+    60111: gettext_noop("The userid does not exist: the member left, was deleted, or is not visible to the app."),
+    60123: gettext_noop("The department id does not exist in the directory (it was deleted or is not visible)."),
+    301002: gettext_noop("The token has no rights over this AgentId. Check that the AgentId and the Secret belong to "
+        "the same app."),
 }
 
 #: errcodes that mean "drop the access token, get a new one and retry once".
@@ -62,9 +85,12 @@ class WeComAPIError(WeComError):
         return self.errcode in TRANSIENT_ERRCODES
 
     def __str__(self) -> str:
-        where = f" from {self.api}" if self.api else ""
-        text = f"WeCom error {self.errcode}{where}: {self.errmsg}"
-        return f"{text} ({self.hint})" if self.hint else text
+        values = {"code": self.errcode, "api": self.api, "errmsg": self.errmsg}
+        if self.api:
+            text = translate(gettext_noop("WeCom error %(code)s from %(api)s: %(errmsg)s")) % values
+        else:
+            text = translate(gettext_noop("WeCom error %(code)s: %(errmsg)s")) % values
+        return f"{text} ({translate(self.hint)})" if self.hint else text
 
     def __repr__(self) -> str:
         return f"WeComAPIError(errcode={self.errcode!r}, errmsg={self.errmsg!r}, api={self.api!r})"
@@ -73,7 +99,7 @@ class WeComAPIError(WeComError):
 class WeComTransportError(WeComError):
     """The WeCom API could not be reached, or answered with an HTTP error or a non-JSON body."""
 
-    hint = "WeCom could not be reached. Check the API base URL, DNS and outbound firewall."
+    hint = gettext_noop("WeCom could not be reached. Check the API base URL, DNS and outbound firewall.")
 
 
 class CryptoError(WeComError):
@@ -83,25 +109,25 @@ class CryptoError(WeComError):
 class InvalidKeyError(CryptoError):
     """The EncodingAESKey is not 43 characters that decode to 32 bytes."""
 
-    hint = "The EncodingAESKey must be exactly 43 letters and digits, as shown in the WeCom console."
+    hint = gettext_noop("The EncodingAESKey must be exactly 43 letters and digits, as shown in the WeCom console.")
 
 
 class SignatureError(CryptoError):
     """The msg_signature does not match the token, timestamp, nonce and payload."""
 
-    hint = "The request was not signed with this source's Token."
+    hint = gettext_noop("The request was not signed with this source's Token.")
 
 
 class DecryptError(CryptoError):
     """The encrypted payload is not valid base64, AES-CBC, padding or framing."""
 
-    hint = "The payload could not be decrypted with this source's EncodingAESKey."
+    hint = gettext_noop("The payload could not be decrypted with this source's EncodingAESKey.")
 
 
 class ReceiveIdError(CryptoError):
     """The decrypted message was addressed to another corp (receive id mismatch)."""
 
-    hint = "The message was encrypted for another Corp ID."
+    hint = gettext_noop("The message was encrypted for another Corp ID.")
 
 
 class EncryptError(CryptoError):
