@@ -263,9 +263,54 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
         return self.test_connection_action(request, self._single(request, pk))
 
 
+COUNTER_LABELS = {
+    "departments_created": _("departments created"),
+    "departments_updated": _("departments updated"),
+    "departments_moved": _("departments moved"),
+    "departments_removed": _("departments removed"),
+    "departments_deleted": _("departments deleted"),
+    "departments_failed": _("departments failed"),
+    "departments_skipped": _("departments skipped"),
+    "departments_unchanged": _("departments unchanged"),
+    "users_created": _("users created"),
+    "users_updated": _("users updated"),
+    "users_moved": _("users moved"),
+    "users_deactivated": _("users deactivated"),
+    "users_reactivated": _("users reactivated"),
+    "users_deleted": _("users deleted"),
+    "users_removed": _("users removed (mapping only)"),
+    "users_skipped": _("users skipped"),
+    "users_failed": _("users failed"),
+    "users_unchanged": _("users unchanged"),
+    "users_renamed": _("userids renamed"),
+    "pending_removals": _("removals pending approval"),
+    "remote_users": _("members in WeCom"),
+    "remote_departments": _("departments in WeCom"),
+    "api_calls": _("API calls"),
+    "fetch_seconds": _("fetch seconds"),
+    "events": _("events"),
+    "event_failed": _("events failed"),
+    "approved_skipped": _("approved removals skipped"),
+}
+
+
+def counter_label(key: str) -> str:
+    """Return the translated label of a run counter ("users_created" → "users created")."""
+    if key in COUNTER_LABELS:
+        return str(COUNTER_LABELS[key])
+    if key.startswith("approved_") and key[len("approved_"):] in COUNTER_LABELS:
+        return _g("approved: %(label)s") % {"label": COUNTER_LABELS[key[len("approved_"):]]}
+    return key.replace("_", " ")
+
+
+def counter_rows(counters: dict | None) -> list[tuple[str, str, Any]]:
+    """Return (key, translated label, value) for the non-zero counters of a run, sorted by key."""
+    return [(key, counter_label(key), value) for key, value in sorted((counters or {}).items()) if value]
+
+
 def summarize_counters(counters: dict | None) -> str:
-    """Return "created 3 · updated 2" for the non-zero counters of a run."""
-    parts = [f"{key.replace('_', ' ')} {value}" for key, value in sorted((counters or {}).items()) if value]
+    """Return "users created 3 · users updated 2" for the non-zero counters of a run."""
+    parts = [f"{label} {value}" for _key, label, value in counter_rows(counters)]
     return " · ".join(parts) or "-"
 
 
@@ -355,6 +400,7 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
             if run.status == SyncRun.Status.HELD else [],
             "can_run_sync": can_run_sync(request),
             "progress": run_progress(run),
+            "counter_rows": counter_rows(run.counters),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra)
@@ -409,6 +455,7 @@ def run_progress(run: SyncRun) -> dict:
         "total": run.progress_total,
         "percent": percent,
         "counters": run.counters or {},
+        "counter_labels": {key: counter_label(key) for key in (run.counters or {})},
         "message": run.message,
     }
 

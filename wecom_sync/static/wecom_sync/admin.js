@@ -49,7 +49,8 @@
             if (!data.counters[key]) { return; }
             var span = document.createElement("span");
             span.className = "wecom-counter";
-            span.textContent = key + ": " + data.counters[key];
+            span.setAttribute("data-counter", key);
+            span.textContent = ((data.counter_labels || {})[key] || key) + ": " + data.counters[key];
             counters.appendChild(span);
           });
           if (data.finished) {
