@@ -16,7 +16,7 @@ FIELDS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt the stored WeCom secrets with the newest encryption key (key rotation)."
+    help = _("Re-encrypt the stored WeCom secrets with the newest encryption key (key rotation).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         newest = secretbox.keys()[0][0]
