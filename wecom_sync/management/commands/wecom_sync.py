@@ -8,27 +8,29 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from wecom_sync import services
 from wecom_sync.models import SyncRun, SyncSource
 
+PHASES = {"fetch": gettext_noop("fetch"), "apply": gettext_noop("apply")}
 SUMMARY_KEYS = (
-    ("departments_created", "departments created"),
-    ("departments_updated", "departments updated"),
-    ("departments_moved", "departments moved"),
-    ("departments_removed", "departments removed"),
-    ("users_created", "users created"),
-    ("users_updated", "users updated"),
-    ("users_moved", "users moved"),
-    ("users_deactivated", "users deactivated"),
-    ("users_reactivated", "users reactivated"),
-    ("users_deleted", "users deleted"),
-    ("users_removed", "users removed (mapping only)"),
-    ("users_skipped", "users skipped"),
-    ("users_failed", "users failed"),
-    ("departments_failed", "departments failed"),
-    ("pending_removals", "removals pending approval"),
-    ("users_unchanged", "users unchanged"),
+    ("departments_created", gettext_noop("departments created")),
+    ("departments_updated", gettext_noop("departments updated")),
+    ("departments_moved", gettext_noop("departments moved")),
+    ("departments_removed", gettext_noop("departments removed")),
+    ("users_created", gettext_noop("users created")),
+    ("users_updated", gettext_noop("users updated")),
+    ("users_moved", gettext_noop("users moved")),
+    ("users_deactivated", gettext_noop("users deactivated")),
+    ("users_reactivated", gettext_noop("users reactivated")),
+    ("users_deleted", gettext_noop("users deleted")),
+    ("users_removed", gettext_noop("users removed (mapping only)")),
+    ("users_skipped", gettext_noop("users skipped")),
+    ("users_failed", gettext_noop("users failed")),
+    ("departments_failed", gettext_noop("departments failed")),
+    ("pending_removals", gettext_noop("removals pending approval")),
+    ("users_unchanged", gettext_noop("users unchanged")),
 )
 
 
@@ -50,7 +52,7 @@ class ProgressBar:
         width = 30
         filled = int(width * done / total) if total else 0
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\r{self.label} {phase:<5} [{bar}] {done}/{total}")
+        self.stream.write(f"\r{self.label} {_(PHASES.get(phase, phase)):<5} [{bar}] {done}/{total}")
         self.stream.flush()
         self.drawn = True
 
