@@ -232,6 +232,36 @@ def _missing_departments(source: SyncSource, client: Any, wanted: Iterable[int |
     return [remote for dept_id, remote in fetched.items() if dept_id in in_scope]
 
 
+def _take_over_userid(source: SyncSource, run: SyncRun, client: Any, old: str, new: str) -> bool:
+    """Rename ``old`` to ``new`` when ``new`` is already mirrored; return whether it did.
+
+    That happens when a full sync's fetch straddled the rename (it saw both userids and mirrored the new
+    one as a member of its own, with a new Django account), or when a departed member once had the new
+    userid. WeCom says the person of ``old`` now answers to ``new``: once it confirms that ``old`` is gone,
+    the old mirror (and so its Django account: identity survives a rename) takes the userid, and the other
+    mirror is retired (its account handled by the removal policy, as for any member who left).
+    """
+    from .sync.apply import remove_users, rename_user
+
+    old_key, new_key = normalize_userid(old), normalize_userid(new)
+    mirrors = {e.userid_key: e for e in ExternalUser.objects.filter(source=source, userid_key__in=[old_key, new_key])}
+    if old_key == new_key or old_key not in mirrors or new_key not in mirrors:
+        return False
+    try:
+        client.get_user(old)
+    except WeComAPIError as exc:
+        if exc.errcode not in USER_GONE_ERRCODES:
+            raise
+    else:
+        return False  # both userids exist in WeCom: two members, not a rename to merge
+    taken = mirrors[new_key]
+    if taken.user_id != mirrors[old_key].user_id:
+        remove_users(source, run, [taken.userid])
+    taken.delete()
+    logger.info("wecom_sync.events.userid_taken_over", extra={"run_id": run.pk, "retired_mirror": taken.pk})
+    return rename_user(source, run, old, new)
+
+
 def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], outcome: _Outcome) -> None:
     from .client import WeComClient
     from .sync.apply import apply_remote_objects, remove_users, rename_user
@@ -240,9 +270,10 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
         ((e.create_time, e.pk, _userid(e), _new_userid(e)) for e in group if _new_userid(e)),
         key=lambda r: (r[0], r[1]),
     )
+    client = WeComClient.from_source(source)
     unrenamed: list[str] = []
     for _ct, _pk, old, new in renames:
-        renamed = rename_user(source, run, old, new)
+        renamed = _take_over_userid(source, run, client, old, new) or rename_user(source, run, old, new)
         outcome.add({"renamed": 1 if renamed else 0})
         if not renamed:
             unrenamed.append(old)
@@ -269,7 +300,6 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
     for userid in leftover:
         targets.setdefault(normalize_userid(userid), userid)
 
-    client = WeComClient.from_source(source)
     found: list[RemoteUser] = []
     gone: list[str] = []
     for userid in targets.values():
@@ -343,7 +373,7 @@ def _process_locked(event_id: int) -> str | None:
     if event.status != Status.PENDING:
         return event.status
     if not source.enabled:
-        return _finish_without_run(event, Status.IGNORED, "The source is disabled.")
+        return _finish_without_run(event, Status.IGNORED, _("The source is disabled."))
     kind = object_kind(event)
     if not kind:
         return _finish_without_run(event, Status.IGNORED, "")
