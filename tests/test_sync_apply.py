@@ -522,3 +522,17 @@ def test_cyclic_gc_is_paused_during_a_run_and_restored(source, fake_fetch):
         assert not gc.isenabled()  # a process that had it off keeps it off
     finally:
         gc.enable()
+
+
+def test_a_holder_that_has_not_saved_running_yet_keeps_the_lock(source):
+    """Between taking the lock and saving "running", the winner is still "queued": the loser must wait."""
+    winner = SyncRun.objects.create(source=source, status=SyncRun.Status.QUEUED)
+    loser = SyncRun.objects.create(source=source, status=SyncRun.Status.QUEUED)
+    assert lock.acquire(source, winner)
+    assert not lock.acquire(source, loser)
+    winner.refresh_from_db()
+    assert winner.status == SyncRun.Status.QUEUED
+    held = SyncRun.objects.create(source=source, status=SyncRun.Status.HELD, heartbeat_at=timezone.now())
+    lock.release(source, winner)
+    assert lock.acquire(source, held)  # approving a held run
+    assert not lock.acquire(source, loser)

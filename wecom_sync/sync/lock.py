@@ -56,7 +56,10 @@ def acquire(source: SyncSource, run: SyncRun) -> bool:
             SyncSource.objects.filter(pk=source.pk, lock_run__isnull=True).update(lock_run=run.pk, locked_at=now)
         )
     holder = SyncRun.objects.filter(pk=holder_id).first()
-    if holder is not None and holder.status == SyncRun.Status.RUNNING and not is_stale(holder, now):
+    # A holder that is not finished is alive unless stale: it may still be "queued" for a moment after
+    # taking the lock (its status is saved next), or "held" while its removals are being approved.
+    alive = (SyncRun.Status.QUEUED, SyncRun.Status.RUNNING, SyncRun.Status.HELD)
+    if holder is not None and holder.status in alive and not is_stale(holder, now):
         return False
     if holder is not None and holder.status in (SyncRun.Status.RUNNING, SyncRun.Status.QUEUED):
         close_stale(holder)
