@@ -14,9 +14,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext as _g
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from .forms import SyncSourceForm, mask
@@ -142,12 +141,12 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     @admin.display(description=_("callback URL"))
     def callback_url(self, obj: SyncSource | None) -> str:
         if obj is None or not obj.pk:
-            return _g("Save the source first; the URL uses its slug.")
+            return gettext("Save the source first; the URL uses its slug.")
         url = obj.get_callback_url(_current_request.get())
         return format_html(
             '<code id="wecom-callback-url">{}</code> '
             '<button type="button" class="button" data-wecom-copy="wecom-callback-url">{}</button>',
-            url, _g("Copy"),
+            url, gettext("Copy"),
         )
 
     @admin.display(description=_("stored secrets"))
@@ -156,7 +155,7 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
             return "-"
         return format_html(
             "Secret: {} · {}: {} · Token: {} · EncodingAESKey: {}",
-            mask(obj.secret), _g("contact-sync secret"), mask(obj.contact_sync_secret),
+            mask(obj.secret), gettext("contact-sync secret"), mask(obj.contact_sync_secret),
             mask(obj.token), mask(obj.encoding_aes_key),
         )
 
@@ -174,7 +173,7 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
             return "-"
         runs = list(obj.runs.order_by("-created_at", "-id")[:10])
         if not runs:
-            return _g("No run yet.")
+            return gettext("No run yet.")
         rows = format_html_join(
             "", '<tr><td><a href="{}">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
             (
@@ -225,7 +224,7 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
         results = [(source, probe_source(source)) for source in queryset]
         return TemplateResponse(request, "admin/wecom_sync/syncsource/test_connection.html", {
             **self.admin_site.each_context(request),
-            "title": _g("Test connection"),
+            "title": gettext("Test connection"),
             "results": results,
             "opts": self.model._meta,
         })
@@ -254,7 +253,7 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     def _start_and_redirect(self, request: HttpRequest, queryset: QuerySet, *, dry_run: bool) -> HttpResponse:
         runs = self.start_runs(queryset, dry_run=dry_run, user=request.user)
         if not runs:
-            self.message_user(request, _g("This source is disabled; enable it first."), messages.ERROR)
+            self.message_user(request, gettext("This source is disabled; enable it first."), messages.ERROR)
             return HttpResponseRedirect(reverse("admin:wecom_sync_syncsource_change", args=[queryset[0].pk]))
         self._report_started(request, runs, 0)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[runs[0].pk]))
@@ -299,7 +298,7 @@ def counter_label(key: str) -> str:
     if key in COUNTER_LABELS:
         return str(COUNTER_LABELS[key])
     if key.startswith("approved_") and key[len("approved_"):] in COUNTER_LABELS:
-        return _g("approved: %(label)s") % {"label": COUNTER_LABELS[key[len("approved_"):]]}
+        return gettext("approved: %(label)s") % {"label": COUNTER_LABELS[key[len("approved_"):]]}
     return key.replace("_", " ")
 
 
@@ -411,10 +410,10 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         self._require_run_sync(request)
         run = get_object_or_404(SyncRun, pk=pk)
         if run.status != SyncRun.Status.HELD:
-            self.message_user(request, _g("Only a held run can be approved."), messages.ERROR)
+            self.message_user(request, gettext("Only a held run can be approved."), messages.ERROR)
         else:
             services.approve_run(run, user=request.user)
-            self.message_user(request, _g("Approved: the held removals are being applied."), messages.SUCCESS)
+            self.message_user(request, gettext("Approved: the held removals are being applied."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
 
     def reject_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -423,10 +422,10 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         self._require_run_sync(request)
         run = get_object_or_404(SyncRun, pk=pk)
         if run.status != SyncRun.Status.HELD:
-            self.message_user(request, _g("Only a held run can be rejected."), messages.ERROR)
+            self.message_user(request, gettext("Only a held run can be rejected."), messages.ERROR)
         else:
             services.reject_run(run, user=request.user)
-            self.message_user(request, _g("Rejected: nobody was removed."), messages.SUCCESS)
+            self.message_user(request, gettext("Rejected: nobody was removed."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
 
     def retry_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -435,11 +434,12 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         self._require_run_sync(request)
         run = get_object_or_404(SyncRun, pk=pk)
         if run.status not in (SyncRun.Status.FAILED, SyncRun.Status.PARTIAL, SyncRun.Status.CANCELLED):
-            self.message_user(request, _g("Only a failed, partial or cancelled run can be retried."), messages.ERROR)
+            self.message_user(request, gettext("Only a failed, partial or cancelled run can be retried."),
+                              messages.ERROR)
             return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
         new_run = services.enqueue_full_sync(run.source, dry_run=run.kind == SyncRun.Kind.DRY_RUN,
                                              trigger="retry", requested_by=request.user)
-        self.message_user(request, _g("Queued a new run."), messages.SUCCESS)
+        self.message_user(request, gettext("Queued a new run."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[new_run.pk]))
 
 
@@ -519,7 +519,7 @@ class ExternalDepartmentAdmin(ReadOnlyAdmin):
             sources.append((source, [{"indent": depth * 24, **row} for depth, row in lines]))
         return TemplateResponse(request, "admin/wecom_sync/externaldepartment/tree.html", {
             **self.admin_site.each_context(request),
-            "title": _g("Department tree"),
+            "title": gettext("Department tree"),
             "sources": sources,
             "opts": self.model._meta,
         })
