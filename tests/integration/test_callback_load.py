@@ -169,7 +169,11 @@ def test_500_concurrent_callbacks_during_a_worker_full_sync_converge_and_apply_o
 
         # No duplicate rows, no deadlock, and the mirror equals the directory.
         assert "deadlock" not in worker.log_tail(400).lower()
-        assert User.objects.count() == ExternalUser.objects.filter(source=source).count()
+        # Every Django account belongs to one mirror, except accounts retired (inactive) when a rename took a
+        # userid over from a mirror a straddling sync had created.
+        assert not User.objects.filter(wecom_accounts__isnull=True, is_active=True).exists()
+        assert User.objects.filter(wecom_accounts__isnull=False).count() == ExternalUser.objects.filter(
+            source=source).count()
         assert ExternalUser.objects.values("user").annotate(n=Count("pk")).filter(n__gt=1).count() == 0
         assert ExternalMembership.objects.values("user", "department").annotate(n=Count("pk")).filter(
             n__gt=1).count() == 0
@@ -201,10 +205,11 @@ def test_member_event_handled_before_its_new_department_event_keeps_the_membersh
         assert directory_diff(source, sim) == []
 
 
-def test_rename_event_after_a_sync_already_mirrored_the_new_userid_removes_the_old_mirror():
+def test_rename_event_after_a_sync_already_mirrored_the_new_userid_keeps_the_members_account():
     """Regression (found by the load test): a full sync whose per-department fetch straddled a rename saw
     both userids; the rename event then could not re-key (the new userid was taken) and the old mirror
-    stayed active. The event now re-fetches the old userid and removes it once WeCom says it is gone."""
+    stayed active (or, once removed, the member was left on the new account). Once WeCom confirms the old
+    userid is gone, the old mirror and its account now take the new userid over."""
     from wecom_sync.callbacks import parse_event, store_event
     from wecom_sync.client import WeComClient
     from wecom_sync.services import run_full_sync
@@ -217,10 +222,42 @@ def test_rename_event_after_a_sync_already_mirrored_the_new_userid_removes_the_o
         old = next(u for u, data in sorted(sim.org.users.items()) if data["status"] == 1)
         event = store_event(source, parse_event(sim.rename_userid(old, f"{old}New", deliver=False)))[0]
         # What the straddling full sync did: it mirrored the new userid as a member of its own.
+        account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user
         torn = SyncRun.objects.create(source=source, status=SyncRun.Status.SUCCEEDED)
         remote = RemoteUser.from_api(WeComClient.from_source(source).get_user(f"{old}New"))
         apply_remote_objects(source, torn, users=[remote])
+        spurious = ExternalUser.objects.get(source=source, userid_key=f"{old}new".lower()).user
+        assert spurious != account
         assert events.process_event(event.pk) == "applied"
         assert directory_diff(source, sim) == []
-        stale = ExternalUser.objects.get(source=source, userid_key=old.lower())
-        assert stale.is_removed and not stale.user.is_active
+        # Identity survives the rename: the member keeps the original account; the spurious one is retired.
+        mirror = ExternalUser.objects.get(source=source, userid_key=f"{old}new".lower())
+        assert mirror.user == account and mirror.user.is_active
+        assert not ExternalUser.objects.filter(source=source, userid_key=old.lower()).exists()
+        spurious.refresh_from_db()
+        assert not spurious.is_active
+
+
+def test_userid_of_a_departed_member_taken_by_a_rename_keeps_each_person_on_their_own_account():
+    """A member renamed to the userid of someone who left (and whose mirror and deactivated account remain)
+    keeps their own account; the departed member's account is not handed over or reactivated."""
+    from wecom_sync.callbacks import parse_event, store_event
+    from wecom_sync.services import run_full_sync
+
+    with WeComSimulator(generate_organisation(users=10, departments=3, seed=12)) as sim:
+        source = sim_source(sim)
+        active = [u for u, data in sorted(sim.org.users.items()) if data["status"] == 1]
+        leaver, mover = active[0], active[1]
+        assert run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+        sim.delete_user(leaver, deliver=False)
+        assert run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+        departed = ExternalUser.objects.get(source=source, userid_key=leaver.lower())
+        assert departed.is_removed and not departed.user.is_active
+        account = ExternalUser.objects.get(source=source, userid_key=mover.lower()).user
+        event = store_event(source, parse_event(sim.rename_userid(mover, leaver, deliver=False)))[0]
+        assert events.process_event(event.pk) == "applied"
+        assert directory_diff(source, sim) == []
+        mirror = ExternalUser.objects.get(source=source, userid_key=leaver.lower())
+        assert mirror.user == account and account.is_active
+        departed.user.refresh_from_db()
+        assert not departed.user.is_active
