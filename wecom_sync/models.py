@@ -272,7 +272,7 @@ class ExternalMembership(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id} in {self.department_id}"
+        return _("%(user)s in %(department)s") % {"user": self.user_id, "department": self.department_id}
 
 
 class SyncRun(models.Model):
@@ -397,7 +397,7 @@ class SyncRunChange(models.Model):
         indexes = [models.Index(fields=["run", "action"], name="wecom_sync_change_run_action")]
 
     def __str__(self) -> str:
-        return f"{self.get_action_display()} {self.object_type} {self.external_id}"
+        return f"{self.get_action_display()} {self.get_object_type_display()} {self.external_id}"
 
 
 class CallbackEvent(models.Model):
