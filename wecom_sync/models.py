@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from .conf import app_settings
 from .fields import EncryptedTextField
@@ -58,7 +59,9 @@ class SyncSource(models.Model):
         help_text=_("Optional: the Secret of Contacts Sync (通讯录同步), used to enumerate department and member ids."),
     )
     token = EncryptedTextField(
-        _("Token"), blank=True, help_text=_("The callback Token (up to 32 letters and digits).")
+        pgettext_lazy("WeCom console term", "Token"),
+        blank=True,
+        help_text=_("The callback Token (up to 32 letters and digits)."),
     )
     encoding_aes_key = EncryptedTextField(
         _("EncodingAESKey"), blank=True, help_text=_("The callback EncodingAESKey (43 letters and digits).")
