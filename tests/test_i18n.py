@@ -257,6 +257,13 @@ def english_leftovers(text: str) -> list[str]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _no_language_leak():
+    """The test client's requests activate a language in this thread; do not leave it for other tests."""
+    yield
+    translation.deactivate()
+
+
 @pytest.fixture
 def zh():
     with override_settings(LANGUAGE_CODE="zh-hans"), translation.override("zh-hans"):
