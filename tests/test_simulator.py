@@ -444,3 +444,18 @@ def test_wechatpy_reads_the_simulator(simulator):
     simulator.faults.invalidate_tokens()
     assert client.user.get(users[0]["userid"])["userid"] == users[0]["userid"]
     assert simulator.calls["/cgi-bin/gettoken"] == 2
+
+
+def test_peak_in_flight_counts_overlapping_requests(simulator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    simulator.faults.delay(0.3, path="gettoken")
+    api(simulator, "gettoken", corpid=simulator.corp_id, corpsecret=simulator.app_secret)
+    api(simulator, "gettoken", corpid=simulator.corp_id, corpsecret=simulator.app_secret)
+    assert simulator.peak_in_flight["/cgi-bin/gettoken"] == 1  # one after the other
+    simulator.reset_calls()
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: api(simulator, "gettoken", corpid=simulator.corp_id,
+                                    corpsecret=simulator.app_secret), range(3)))
+    assert simulator.peak_in_flight["/cgi-bin/gettoken"] == 3
+    assert simulator.in_flight["/cgi-bin/gettoken"] == 0

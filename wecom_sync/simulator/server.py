@@ -171,6 +171,10 @@ class WeComSimulator:
         self.token_ttl = token_ttl
         self.faults = Faults()
         self.calls: Counter[str] = Counter()
+        # Requests being answered right now, and the most ever answered at once, per path: tests read
+        # peak_in_flight to prove that clients really called in parallel.
+        self.in_flight: Counter[str] = Counter()
+        self.peak_in_flight: Counter[str] = Counter()
         self.events: list[str] = []
         self.deliveries: list[tuple[str, int]] = []
         self.base_url = ""
@@ -239,15 +243,25 @@ class WeComSimulator:
         self.app_scope = None if department_ids is None else {int(d) for d in department_ids}
 
     def reset_calls(self) -> None:
-        """Forget the call counts."""
+        """Forget the call counts and the in-flight peaks."""
         with self._calls_lock:
             self.calls.clear()
+            self.peak_in_flight.clear()
 
     # -- the API ------------------------------------------------------------------------------------
     def dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, bytes]:
         """Answer one API request: (HTTP status, body)."""
         with self._calls_lock:
             self.calls[path] += 1
+            self.in_flight[path] += 1
+            self.peak_in_flight[path] = max(self.peak_in_flight[path], self.in_flight[path])
+        try:
+            return self._dispatch(method, path, query, body)
+        finally:
+            with self._calls_lock:
+                self.in_flight[path] -= 1
+
+    def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, bytes]:
         delay = self.faults.delay_for(path)
         if delay:
             time.sleep(delay)
