@@ -365,7 +365,7 @@ class SyncRunChange(models.Model):
     """What a run did, or plans to do, to one object. Unchanged objects get no row."""
 
     class ObjectType(models.TextChoices):
-        USER = "user", _("user")
+        USER = "user", pgettext_lazy("sync change object type", "user")
         DEPARTMENT = "department", _("department")
         MEMBERSHIP = "membership", _("membership")
         EVENT = "event", _("callback event")
