@@ -109,13 +109,11 @@ def test_generator_restricted_fields():
 
 
 @pytest.mark.slow
-def test_generator_makes_100k_users_in_seconds():
-    started = time.perf_counter()
+def test_generator_makes_a_100k_organisation():
+    # How fast is measured by bench/simulator.py, not here.
     org = generate_organisation(users=100_000, departments=2_000, max_depth=15)
-    elapsed = time.perf_counter() - started
     assert len(org.users) == 100_000
     assert len(org.departments) == 2_000
-    assert elapsed < 30, f"generation took {elapsed:.1f} s"
 
 
 # -- credentials and tokens -------------------------------------------------------------------------
