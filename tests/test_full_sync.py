@@ -523,3 +523,26 @@ def test_two_concurrent_runs_exactly_one_applies(sim, require_postgres):
     assert statuses == [SyncRun.Status.CANCELLED, SyncRun.Status.SUCCEEDED]
     assert ExternalUser.objects.filter(source=source).count() == 40
     assert SyncRunChange.objects.filter(action="created", object_type="user").count() == 40
+
+
+@pytest.mark.django_db
+def test_a_failing_signal_receiver_never_breaks_a_run(sim, source, caplog):
+    from wecom_sync.signals import sync_finished, user_created
+
+    calls = []
+
+    def broken(**kwargs):
+        calls.append(kwargs["user"].pk if "user" in kwargs else None)
+        raise RuntimeError("receiver bug")
+
+    user_created.connect(broken)
+    sync_finished.connect(broken)
+    try:
+        run = sync(source)
+    finally:
+        user_created.disconnect(broken)
+        sync_finished.disconnect(broken)
+    assert run.status == SyncRun.Status.SUCCEEDED
+    assert len(calls) == len(sim.org.users) + 1  # every user_created, then sync_finished
+    assert_mirrors(source, sim)
+    assert "wecom_sync.signal.receiver_failed" in caplog.text

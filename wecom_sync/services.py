@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 
 from .conf import app_settings
 from .models import ExternalUser, SyncRun, SyncRunChange, SyncSource
-from .signals import sync_finished
+from .signals import notify, sync_finished
 from .snapshot import normalize_userid
 from .sync import lock, runner
 from .sync.apply import Applier, chunks, load_local_state
@@ -61,7 +61,7 @@ def run_full_sync(
         run.finished_at = timezone.now()
         run.message = _("This source is disabled; enable it to sync.")
         run.save(update_fields=["status", "finished_at", "message"])
-        sync_finished.send(sender=SyncRun, run=run, source=source)
+        notify(sync_finished, SyncRun, run=run, source=source)
         return run
     return runner.execute(run, progress=progress)
 
@@ -177,7 +177,7 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         raise
     finally:
         lock.release(source, run)
-    sync_finished.send(sender=SyncRun, run=run, source=source)
+    notify(sync_finished, SyncRun, run=run, source=source)
     return run
 
 
@@ -195,7 +195,7 @@ def reject_run(run: SyncRun, user: Any = None) -> SyncRun:
     run.message = (run.message + "\n" + _("Rejected by %(who)s: nothing was removed.") % {"who": who}).strip()
     run.save(update_fields=["status", "decided_by", "decided_at", "finished_at", "message"])
     logger.info("wecom_sync.run.rejected", extra={"run_id": run.pk})
-    sync_finished.send(sender=SyncRun, run=run, source=run.source)
+    notify(sync_finished, SyncRun, run=run, source=run.source)
     return run
 
 

@@ -25,7 +25,7 @@ from django.utils.translation import gettext as _
 from ..adapter import DefaultWeComAdapter, LinkError, get_adapter
 from ..conf import app_settings
 from ..models import ExternalDepartment, ExternalMembership, ExternalUser, SyncRun, SyncRunChange, SyncSource
-from ..signals import user_created, user_deactivated, user_reactivated, user_updated
+from ..signals import notify, user_created, user_deactivated, user_reactivated, user_updated
 from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
 from .plan import (
     DepartmentOp,
@@ -397,7 +397,7 @@ class Applier:
             return
         self.counters.update(batch.counters)
         for signal, kwargs in batch.signals:
-            signal.send(sender=type(self.adapter), source=self.source, run=self.run, **kwargs)
+            notify(signal, type(self.adapter), source=self.source, run=self.run, **kwargs)
 
     @staticmethod
     def _write_changes(rows: Sequence[tuple]) -> None:

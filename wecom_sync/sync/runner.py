@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 from ..adapter import get_adapter
 from ..exceptions import WeComError
 from ..models import SyncRun, SyncSource
-from ..signals import sync_finished
+from ..signals import notify, sync_finished
 from ..snapshot import Snapshot
 from . import lock
 from .apply import Applier, iter_local_users, load_contacts, load_local_departments
@@ -125,7 +125,7 @@ def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRu
             _("Another sync of this source is running (run #%(run)s); this one was not started.") % {"run": holder},
         )
         logger.info("wecom_sync.run.refused", extra={"run_id": run.pk, "source_id": source.pk, "holder": holder})
-        sync_finished.send(sender=SyncRun, run=run, source=source)
+        notify(sync_finished, SyncRun, run=run, source=source)
         return run
     try:
         with cyclic_gc_paused():
@@ -133,7 +133,7 @@ def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRu
     finally:
         if not dry_run:
             lock.release(source, run)
-        sync_finished.send(sender=SyncRun, run=run, source=source)
+        notify(sync_finished, SyncRun, run=run, source=source)
 
 
 def _execute_locked(run: SyncRun, source: SyncSource, dry_run: bool, progress: ProgressCallback | None) -> SyncRun:
