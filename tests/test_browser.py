@@ -105,3 +105,22 @@ def test_held_removal_is_approved_in_the_browser(admin_page, live_server, sim):
     removed = ExternalUser.objects.filter(source=source, is_removed=True)
     assert sorted(u.userid_key for u in removed) == sorted(u.lower() for u in gone)
     assert all(not u.user.is_active for u in removed if u.user and not u.user.is_superuser)
+
+
+def test_run_page_shows_live_progress_without_reload(admin_page, live_server):
+    from tests.factories import make_source
+
+    source = make_source()
+    run = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, progress_done=10, progress_total=100)
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/wecom_sync/syncrun/{run.pk}/change/")
+    assert page.inner_text("#wecom-run-counts") == "10/100"
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    SyncRun.objects.filter(pk=run.pk).update(progress_done=60, counters={"users_created": 60})
+    page.wait_for_function("document.getElementById('wecom-run-counts').textContent === '60/100'")
+    assert page.evaluate("window.__sameDocument") is True
+    assert page.evaluate("document.getElementById('wecom-progress-bar').style.width") == "60%"
+
+    SyncRun.objects.filter(pk=run.pk).update(progress_done=100, status=SyncRun.Status.SUCCEEDED)
+    page.wait_for_selector("#wecom-run-status[data-status=succeeded]")
