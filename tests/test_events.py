@@ -542,3 +542,51 @@ def test_real_worker_applies_the_event_once_the_broker_is_back(
         import redis
 
         redis.Redis.from_url(redis_url).delete(queue)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rename_onto_a_userid_mapped_to_someone_else_is_not_a_success(sim, source):
+    """WeCom still has both userids: the rename event cannot be applied, and the run must say so."""
+    first, second = sorted(sim.org.users)[:2]
+    event, _created = store_event(source, {"Event": "change_contact", "ChangeType": "update_user",
+                                           "UserID": first, "NewUserID": second, "CreateTime": "1900000000"})
+    events.process_event(event.pk)
+    event.refresh_from_db()
+    assert event.status != Status.APPLIED
+    assert event.run.status == SyncRun.Status.PARTIAL
+    assert event.run.changes.filter(action=SyncRunChange.Action.FAILED, external_id=second).exists()
+    # Both members are still mirrored under their own userids.
+    assert ExternalUser.objects.filter(source=source, userid_key__in=[first.lower(), second.lower()],
+                                       is_removed=False).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_partly_failed_group_keeps_its_events_pending_until_all_is_applied(sim, source, monkeypatch):
+    from wecom_sync.adapter import DefaultWeComAdapter
+
+    old = sorted(sim.org.users)[0]
+    new = old + ".moved"
+    xml_update = sim.update_user(old, name="Before Rename", deliver=False)
+    xml_rename = sim.rename_userid(old, new, deliver=False)
+    sim.update_user(new, name="After Rename", deliver=False)
+    real = DefaultWeComAdapter.populate_user
+    failures = {"left": 1}
+
+    def flaky(self, user, remote, **kwargs):
+        if remote.userid == new and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("transient failure")
+        return real(self, user, remote, **kwargs)
+
+    monkeypatch.setattr(DefaultWeComAdapter, "populate_user", flaky)
+    first, _ = store_event(source, parse_event(xml_update))
+    second, _ = store_event(source, parse_event(xml_rename))
+    events.process_event(first.pk)
+    statuses = dict(CallbackEvent.objects.filter(pk__in=[first.pk, second.pk]).values_list("pk", "status"))
+    assert statuses == {first.pk: Status.PENDING, second.pk: Status.PENDING}  # nothing claimed applied yet
+    CallbackEvent.objects.filter(pk=first.pk).update(next_attempt_at=None)
+    assert events.process_event(first.pk) == Status.APPLIED
+    assert set(CallbackEvent.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {
+        Status.APPLIED}
+    ext = ExternalUser.objects.get(source=source, userid_key=new.lower())
+    assert ext.name == "After Rename"

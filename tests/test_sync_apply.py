@@ -309,7 +309,7 @@ def test_lock_semantics(source):
                                heartbeat_at=timezone.now())
     b = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now())
     assert lock.acquire(source, a)
-    assert lock.acquire(source, a)  # re-entrant for the holder
+    assert not lock.acquire(source, a)  # not re-entrant: a duplicate task of the running run must not run too
     assert not lock.acquire(source, b)
     lock.release(source, b)  # not the holder: no effect
     assert lock.holder(source) == a.pk
@@ -536,3 +536,82 @@ def test_a_holder_that_has_not_saved_running_yet_keeps_the_lock(source):
     lock.release(source, winner)
     assert lock.acquire(source, held)  # approving a held run
     assert not lock.acquire(source, loser)
+
+
+def _flaky_department_insert(monkeypatch, fail_on_call: int = 2):
+    """Make the n-th department insert fail once, as a transient database error would."""
+    from django.db import OperationalError
+
+    real = apply.insert_instances
+    calls = {"n": 0}
+
+    def flaky(model, objs, key, scope=None):
+        if model is ExternalDepartment:
+            calls["n"] += 1
+            if calls["n"] == fail_on_call:
+                raise OperationalError("database is locked")
+        return real(model, objs, key, scope)
+
+    monkeypatch.setattr(apply, "insert_instances", flaky)
+
+
+def test_a_rolled_back_department_batch_leaves_no_stale_keys(source, fake_fetch, monkeypatch):
+    """The batch's second tree level fails once; the item-by-item retry must not reuse rolled-back keys."""
+    fake_fetch["snapshot"] = snapshot(
+        [ROOT, dept(2, parent=1), dept(3, parent=2)], [member("amy", (1,)), member("bob", (3,))]
+    )
+    _flaky_department_insert(monkeypatch)
+    result = services.run_full_sync(source)
+    rows = {d: p for d, p in ExternalDepartment.objects.filter(source=source)
+            .values_list("department_id", "parent__department_id")}
+    assert rows == {1: None, 2: 1, 3: 2}
+    assert result.status == SyncRun.Status.SUCCEEDED
+    memberships = set(ExternalMembership.objects.values_list("user__userid", "department__department_id"))
+    assert memberships == {("amy", 1), ("bob", 3)}
+
+
+def test_a_superuser_disabled_in_wecom_is_not_reported_deactivated(source, run):
+    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("boss")])
+    ext = ExternalUser.objects.get(source=source)
+    ext.user.is_superuser = True
+    ext.user.save()
+    got = []
+
+    def receiver(**kwargs):
+        got.append(kwargs["user"].pk)
+
+    signals.user_deactivated.connect(receiver)
+    try:
+        counters = apply.apply_remote_objects(source, run, users=[member("boss", status=2)])
+    finally:
+        signals.user_deactivated.disconnect(receiver)
+    ext.user.refresh_from_db()
+    assert ext.user.is_active and got == []
+    assert counters.get("users_deactivated", 0) == 0
+    ext.refresh_from_db()
+    assert ext.status == 2  # the mirror follows WeCom
+
+
+def test_a_duplicate_task_of_a_running_run_does_nothing(source, fake_fetch):
+    fake_fetch["snapshot"] = snapshot([ROOT], [member("amy", (1,))])
+    run = SyncRun.objects.create(source=source, kind=SyncRun.Kind.FULL, status=SyncRun.Status.QUEUED)
+    assert lock.acquire(source, run)
+    SyncRun.objects.filter(pk=run.pk).update(status=SyncRun.Status.RUNNING, started_at=timezone.now(),
+                                             heartbeat_at=timezone.now())
+    again = services.run_full_sync(source, run=SyncRun.objects.get(pk=run.pk))
+    assert again.status == SyncRun.Status.RUNNING  # left to the worker that has it
+    assert lock.holder(source) == run.pk
+    assert ExternalUser.objects.filter(source=source).count() == 0
+
+
+def test_approve_and_reject_decide_once(source):
+    held = SyncRun.objects.create(source=source, kind=SyncRun.Kind.FULL, status=SyncRun.Status.HELD,
+                                  finished_at=timezone.now())
+    services.reject_run(held)
+    with pytest.raises(services.RunStateError):
+        services.approve_run(SyncRun.objects.get(pk=held.pk))
+    stale_copy = SyncRun.objects.get(pk=held.pk)
+    stale_copy.status = SyncRun.Status.HELD  # a second admin tab that still shows the run as held
+    with pytest.raises(services.RunStateError):
+        services.reject_run(stale_copy)
+    assert SyncRun.objects.get(pk=held.pk).status == SyncRun.Status.CANCELLED

@@ -277,6 +277,11 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
         outcome.add({"renamed": 1 if renamed else 0})
         if not renamed:
             unrenamed.append(old)
+            # rename_user records a conflict (the new userid is mapped to someone else) as a failed change:
+            # the run must not end as a success (rule 8).
+            if run.changes.filter(object_type=SyncRunChange.ObjectType.USER, action=SyncRunChange.Action.FAILED,
+                                  external_id=new[:64]).exists():
+                outcome.add({"users_failed": 1})
 
     def final_userid(userid: str, since: int) -> str:
         # Follow the renames made at or after `since`: the member now answers to the last new userid.
@@ -422,12 +427,15 @@ def _process_locked(event_id: int) -> str | None:
     run.save(update_fields=["status", "finished_at", "counters"])
     if failed:
         # The objects that could be applied are; the event is retried (and then kept failed) for the rest.
-        others = [e.pk for e in group if e.pk != event.pk]
-        CallbackEvent.objects.filter(pk__in=others).update(
-            status=Status.APPLIED, run=run, processed_at=finished, last_error="", next_attempt_at=None
-        )
+        # The events coalesced into it stay pending with it: a retry must see the whole group again (a
+        # rename among them decides which userid is re-fetched), and applying twice is harmless.
         message = _("%(count)d object(s) could not be applied; see the run's failed changes.") % {"count": failed}
-        return _count_failed_attempt(event, run, str(message))
+        status = _count_failed_attempt(event, run, str(message))
+        others = [e.pk for e in group if e.pk != event.pk]
+        CallbackEvent.objects.filter(pk__in=others, status=Status.PENDING).update(
+            run=run, next_attempt_at=event.next_attempt_at
+        )
+        return status
     CallbackEvent.objects.filter(pk__in=[e.pk for e in group]).update(
         status=Status.APPLIED, run=run, processed_at=finished, last_error="", next_attempt_at=None
     )

@@ -113,12 +113,18 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         raise RunStateError(_("Only a held run can be approved (this one is %(status)s).") % {
             "status": run.get_status_display()})
     source = run.source
+    # Only one decision per held run: the first approve (or reject) to move it out of "held" wins.
+    now = timezone.now()
+    if not SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.HELD).update(
+        status=SyncRun.Status.RUNNING, heartbeat_at=now
+    ):
+        raise RunStateError(_("This run was already approved or rejected."))
+    run.status, run.heartbeat_at = SyncRun.Status.RUNNING, now
     if not lock.acquire(source, run):
+        SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(status=SyncRun.Status.HELD)
+        run.status = SyncRun.Status.HELD
         raise RunStateError(_("Another sync of this source is running; approve again when it has finished."))
     try:
-        run.status = SyncRun.Status.RUNNING
-        run.heartbeat_at = timezone.now()
-        run.save(update_fields=["status", "heartbeat_at"])
         pending = run.changes.filter(applied=False)
         user_ids = list(
             pending.filter(object_type=SyncRunChange.ObjectType.USER, action__in=USER_REMOVAL_ACTIONS)
@@ -193,7 +199,13 @@ def reject_run(run: SyncRun, user: Any = None) -> SyncRun:
     run.finished_at = run.finished_at or run.decided_at
     who = str(user) if user is not None else _("a service call")
     run.message = (run.message + "\n" + _("Rejected by %(who)s: nothing was removed.") % {"who": who}).strip()
-    run.save(update_fields=["status", "decided_by", "decided_at", "finished_at", "message"])
+    # Conditional, so a concurrent approval (which moved the run out of "held") is never overwritten.
+    if not SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.HELD).update(
+        status=run.status, decided_by=run.decided_by, decided_at=run.decided_at, finished_at=run.finished_at,
+        message=run.message,
+    ):
+        run.refresh_from_db()
+        raise RunStateError(_("This run was already approved or rejected."))
     logger.info("wecom_sync.run.rejected", extra={"run_id": run.pk})
     notify(sync_finished, SyncRun, run=run, source=run.source)
     return run

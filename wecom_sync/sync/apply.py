@@ -374,11 +374,15 @@ class Applier:
                  describe: Callable[[T], tuple[str, str, str]]) -> None:
         """Run ``work`` on a batch in one transaction; on failure, retry item by item and record failures."""
         batch = _Batch()
+        # What the batch learns about departments (new primary keys, parents, groups) is only true once its
+        # transaction commits: keep the state from before, to restore it when the batch rolls back.
+        saved = (dict(self.dept_pk), dict(self.dept_group), set(self.parent_done))
         try:
             with transaction.atomic():
                 work(items, batch)
                 self._write_changes(batch.changes)
         except Exception as exc:  # noqa: BLE001 - one bad object must not abort the run (rule 8)
+            self.dept_pk, self.dept_group, self.parent_done = saved
             if len(items) > 1:
                 for item in items:
                     self._guarded([item], work, describe)
@@ -769,6 +773,10 @@ class Applier:
                     django_fields |= self._set_active(user, op.remote)
                     if django_fields:
                         user_updates.append((user, django_fields))
+                    if action == SyncRunChange.Action.DEACTIVATED and user.is_active:
+                        # The adapter kept the account active (a superuser): the mirror is updated, the
+                        # Django user is not deactivated, and no deactivation is reported.
+                        action = SyncRunChange.Action.UPDATED
             self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, action, name=op.remote.name,
                         fields=fields)
             if self.dry_run:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -46,8 +45,8 @@ def close_stale(run: SyncRun, message: str | None = None) -> bool:
 def acquire(source: SyncSource, run: SyncRun) -> bool:
     """Take the source's lock for ``run``; return False when another live run holds it."""
     now = timezone.now()
-    free = Q(lock_run__isnull=True) | Q(lock_run=run.pk)
-    if SyncSource.objects.filter(free, pk=source.pk).update(lock_run=run.pk, locked_at=now):
+    # A lock already held by this very run is not free: a duplicate task of a running run must not run too.
+    if SyncSource.objects.filter(pk=source.pk, lock_run__isnull=True).update(lock_run=run.pk, locked_at=now):
         return True
     holder_id = SyncSource.objects.filter(pk=source.pk).values_list("lock_run", flat=True).first()
     if holder_id is None:

@@ -117,6 +117,16 @@ def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRu
     """Run a queued full sync or dry run to its end and return it (never raises for a sync failure)."""
     source = run.source
     dry_run = run.kind == SyncRun.Kind.DRY_RUN
+    # Claim the run: only one worker moves it out of "queued". A duplicated or redelivered task of a run
+    # that another worker already took returns without touching it.
+    now = timezone.now()
+    if not SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.QUEUED).update(
+        status=SyncRun.Status.RUNNING, started_at=now, heartbeat_at=now
+    ):
+        logger.info("wecom_sync.run.already_claimed", extra={"run_id": run.pk, "source_id": source.pk})
+        run.refresh_from_db()
+        return run
+    run.status, run.started_at, run.heartbeat_at = SyncRun.Status.RUNNING, now, now
     if not dry_run and not lock.acquire(source, run):
         holder = lock.holder(source)
         _finish(
