@@ -337,7 +337,8 @@ def test_48009_on_one_department_removes_nobody_and_ends_partial(sim, source):
 
 
 @pytest.mark.django_db
-def test_mass_removal_is_held_until_approved(sim, source):
+@pytest.mark.parametrize("batch_size", [1000, 3])  # 3: the approval reads the pending removals in chunks
+def test_mass_removal_is_held_until_approved(sim, source, batch_size):
     sync(source)
     active_before = User.objects.filter(is_active=True).count()
     victims = sorted(sim.org.users)[: int(len(sim.org.users) * 0.6)]
@@ -352,7 +353,10 @@ def test_mass_removal_is_held_until_approved(sim, source):
     assert ExternalUser.objects.filter(source=source, is_removed=True).count() == 0
     assert SyncSource.objects.get(pk=source.pk).lock_run_id is None
 
-    services.approve_run(run, user=None)
+    from django.conf import settings as django_settings
+
+    with override_settings(WECOM_SYNC={**django_settings.WECOM_SYNC, "BATCH_SIZE": batch_size}):
+        services.approve_run(run, user=None)
     run.refresh_from_db()
     assert run.status == SyncRun.Status.SUCCEEDED
     assert run.decided_at is not None

@@ -140,14 +140,16 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         applier.load_departments()
         # Only members not seen again since the run was held: a member who came back stays.
         decided_at = run.finished_at or timezone.now()
-        local = load_local_state(source, user_keys=[normalize_userid(u) for u in user_ids], with_memberships=False)
-        still_gone = set(
-            ExternalUser.objects.filter(
-                source=source, userid_key__in=[normalize_userid(u) for u in user_ids], is_removed=False,
-                updated_at__lte=decided_at,
-            ).values_list("pk", flat=True)
-        )
-        rows = [u for u in local.users.values() if u.pk in still_gone]
+        rows = []
+        # In chunks: a large hold must stay approvable on SQLite, whose queries take at most 32,766 parameters.
+        for keys in chunks(sorted({normalize_userid(u) for u in user_ids}), app_settings.BATCH_SIZE):
+            local = load_local_state(source, user_keys=keys, with_memberships=False)
+            still_gone = set(
+                ExternalUser.objects.filter(
+                    source=source, userid_key__in=keys, is_removed=False, updated_at__lte=decided_at,
+                ).values_list("pk", flat=True)
+            )
+            rows.extend(u for u in local.users.values() if u.pk in still_gone)
         applier.total = len(rows) + len(dept_ids)
         applier.remove_users(rows)
         depts = [
