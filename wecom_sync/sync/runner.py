@@ -120,13 +120,14 @@ def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRu
     # Claim the run: only one worker moves it out of "queued". A duplicated or redelivered task of a run
     # that another worker already took returns without touching it.
     now = timezone.now()
+    # (started_at is set once the lock is held: a refused run never started.)
     if not SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.QUEUED).update(
-        status=SyncRun.Status.RUNNING, started_at=now, heartbeat_at=now
+        status=SyncRun.Status.RUNNING, heartbeat_at=now
     ):
         logger.info("wecom_sync.run.already_claimed", extra={"run_id": run.pk, "source_id": source.pk})
         run.refresh_from_db()
         return run
-    run.status, run.started_at, run.heartbeat_at = SyncRun.Status.RUNNING, now, now
+    run.status, run.heartbeat_at = SyncRun.Status.RUNNING, now
     if not dry_run and not lock.acquire(source, run):
         holder = lock.holder(source)
         _finish(
