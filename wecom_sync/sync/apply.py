@@ -968,8 +968,13 @@ def remove_departments(source: SyncSource, run: SyncRun, department_ids: Sequenc
     return dict(applier.counters)
 
 
-def rename_user(source: SyncSource, run: SyncRun, old_userid: str, new_userid: str) -> bool:
-    """Re-key a member from ``old_userid`` to ``new_userid``; the Django user stays the same."""
+def rename_user(source: SyncSource, run: SyncRun, old_userid: str, new_userid: str,
+                counters: dict[str, int] | None = None) -> bool:
+    """Re-key a member from ``old_userid`` to ``new_userid``; the Django user stays the same.
+
+    A conflict (``new_userid`` is mapped to someone else) is recorded as a failed change and counted as
+    ``users_failed`` in ``counters`` when given.
+    """
     old_key, new_key = normalize_userid(old_userid), normalize_userid(new_userid)
     ext = ExternalUser.objects.filter(source=source, userid_key=old_key).first()
     if ext is None or not new_key:
@@ -981,6 +986,8 @@ def rename_user(source: SyncSource, run: SyncRun, old_userid: str, new_userid: s
                        error=_("Cannot rename %(old)s: the userid %(new)s is already mapped.")
                        % {"old": old_userid, "new": new_userid}, applied=False)
         applier._record_only(batch)
+        if counters is not None:
+            counters["users_failed"] = counters.get("users_failed", 0) + 1
         return False
     if ext.userid == new_userid:
         return True
