@@ -102,6 +102,22 @@ class SyncSource(models.Model):
         default=20,
         help_text=_("A run that would remove more than this share of the synced users is held for approval."),
     )
+    login_enabled = models.BooleanField(
+        _("sign in with WeCom"),
+        default=False,
+        help_text=_("Let this source's members sign in to the site with WeCom (a button on the login page)."),
+    )
+    login_agent_id = models.BigIntegerField(
+        _("AgentId for sign-in"),
+        null=True,
+        blank=True,
+        help_text=_("The AgentId used for sign-in, if it differs from the AgentId above."),
+    )
+    login_silent_in_client = models.BooleanField(
+        _("silent sign-in inside WeCom"),
+        default=True,
+        help_text=_("Inside the WeCom client, sign members in without showing a QR code."),
+    )
     last_synced_at = models.DateTimeField(_("last synced at"), null=True, blank=True, editable=False)
     lock_run = models.ForeignKey(
         "SyncRun",
@@ -207,6 +223,11 @@ class ExternalUser(models.Model):
         NOT_ACTIVATED = 4, _("not activated")
         EXITED = 5, _("left the company")
 
+    class AccountOrigin(models.TextChoices):
+        CREATED = "created", _("created by the sync")
+        LINKED = "linked", _("existing account linked by the adapter")
+        MANUAL = "manual", _("linked by an admin")
+
     source = models.ForeignKey(SyncSource, verbose_name=_("source"), on_delete=models.CASCADE, related_name="users")
     userid = models.CharField(_("userid"), max_length=64, help_text=_("The WeCom userid, in WeCom's case."))
     userid_key = models.CharField(
@@ -222,6 +243,16 @@ class ExternalUser(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="wecom_accounts",
+    )
+    account_origin = models.CharField(
+        _("account origin"),
+        max_length=16,
+        choices=AccountOrigin.choices,
+        default=AccountOrigin.CREATED,
+        help_text=_(
+            "How the Django account came to be mapped. The sync owns only the accounts it created: it never "
+            "changes the login or email of a linked or manual account, and never deletes it."
+        ),
     )
     name = models.CharField(_("name"), max_length=255, blank=True)
     status = models.PositiveSmallIntegerField(_("WeCom status"), choices=Status.choices, default=Status.ACTIVE)
@@ -278,6 +309,48 @@ class ExternalMembership(models.Model):
         return _("%(user)s in %(department)s") % {"user": self.user_id, "department": self.department_id}
 
 
+class ExternalTag(models.Model):
+    """A WeCom tag (标签) mirrored locally, optionally as a Django group."""
+
+    source = models.ForeignKey(SyncSource, verbose_name=_("source"), on_delete=models.CASCADE, related_name="tags")
+    tag_id = models.PositiveBigIntegerField(_("WeCom tag id"))
+    name = models.CharField(_("name"), max_length=255, blank=True)
+    users = models.ManyToManyField(
+        ExternalUser, verbose_name=_("members"), blank=True, related_name="tags",
+        help_text=_("Members the tag lists by name."),
+    )
+    departments = models.ManyToManyField(
+        ExternalDepartment, verbose_name=_("departments"), blank=True, related_name="tags",
+        help_text=_("Departments the tag lists; each stands for all its members."),
+    )
+    raw = models.JSONField(_("raw payload"), default=dict, blank=True)
+    digest = models.CharField(_("payload digest"), max_length=64, blank=True)
+    group = models.OneToOneField(
+        "auth.Group",
+        verbose_name=_("mirrored group"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="wecom_tag",
+        help_text=_("The Django group this source created for the tag, if tags are mirrored."),
+    )
+    is_removed = models.BooleanField(_("removed"), default=False)
+    removed_at = models.DateTimeField(_("removed at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("WeCom tag")
+        verbose_name_plural = _("WeCom tags")
+        ordering = ["source", "tag_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "tag_id"], name="wecom_sync_tag_unique_per_source"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name or '?'} ({self.tag_id})"
+
+
 class SyncRun(models.Model):
     """One full sync, dry run or batch of callback events, and its log."""
 
@@ -302,8 +375,9 @@ class SyncRun(models.Model):
         FAILED = "failed", _("failed")
         HELD = "held", _("held for approval")
         CANCELLED = "cancelled", _("cancelled")
+        REJECTED = "rejected", _("rejected")
 
-    FINISHED = (Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED)
+    FINISHED = (Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED, Status.REJECTED)
 
     source = models.ForeignKey(SyncSource, verbose_name=_("source"), on_delete=models.CASCADE, related_name="runs")
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, default=Kind.FULL)
@@ -368,6 +442,7 @@ class SyncRunChange(models.Model):
         USER = "user", pgettext_lazy("sync change object type", "user")
         DEPARTMENT = "department", _("department")
         MEMBERSHIP = "membership", _("membership")
+        TAG = "tag", _("tag")
         EVENT = "event", _("callback event")
 
     class Action(models.TextChoices):

@@ -667,7 +667,7 @@ class Applier:
 
     def _create_users(self, ops: Sequence[UserOp], batch: _Batch) -> None:
         provisioned = self._provision([op.remote for op in ops], batch)
-        rows: list[tuple[UserOp, Any]] = []
+        rows: list[tuple[UserOp, Any, bool]] = []
         for op in ops:
             result = provisioned.get(op.key)
             if isinstance(result, Exception) or result is None:
@@ -676,7 +676,7 @@ class Applier:
                             name=op.remote.name, error=_short(message, 2000), applied=False)
                 continue
             user, created = result
-            rows.append((op, user))
+            rows.append((op, user, created))
             username = getattr(user, self.user_model.USERNAME_FIELD, "")
             fields: dict[str, Any] = {"username": [None, username], "departments": [None, sorted(op.memberships)]}
             if not created:
@@ -688,28 +688,31 @@ class Applier:
         now = batch.now
         insert_rows(
             ExternalUser,
-            ["source", "userid", "userid_key", "user", "name", "status", "raw", "digest", "is_removed", "created_at",
-             "updated_at"],
+            ["source", "userid", "userid_key", "user", "account_origin", "name", "status", "raw", "digest",
+             "is_removed", "created_at", "updated_at"],
             [
-                (self.source.pk, op.remote.userid, op.key, user.pk, op.remote.name[:255], op.remote.status,
-                 op.remote.raw, op.digest, False, now, now)
-                for op, user in rows
+                (self.source.pk, op.remote.userid, op.key, user.pk,
+                 ExternalUser.AccountOrigin.CREATED if created else ExternalUser.AccountOrigin.LINKED,
+                 op.remote.name[:255], op.remote.status, op.remote.raw, op.digest, False, now, now)
+                for op, user, created in rows
             ],
         )
         pks = dict(
-            ExternalUser.objects.filter(source=self.source, userid_key__in=[op.key for op, _u in rows]).values_list(
+            ExternalUser.objects.filter(source=self.source, userid_key__in=[op.key for op, _u, _c in rows]).values_list(
                 "userid_key", "pk"
             )
         )
         adds: list[tuple] = []
         group_add: list[tuple[int, int]] = []
         notify = user_created.has_listeners()
-        for op, user in rows:
+        for op, user, created in rows:
             self._write_memberships(pks[op.key], op, adds, Q(), group_add, [], user.pk, all_added=True)
             if notify:
                 ext = ExternalUser(
                     pk=pks[op.key], source=self.source, userid=op.remote.userid, userid_key=op.key, user=user,
                     name=op.remote.name[:255], status=op.remote.status, raw=op.remote.raw, digest=op.digest,
+                    account_origin=(ExternalUser.AccountOrigin.CREATED if created
+                                    else ExternalUser.AccountOrigin.LINKED),
                 )
                 ext._state.adding = False
                 batch.signals.append((user_created, {"user": user, "external_user": ext}))
