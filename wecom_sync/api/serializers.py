@@ -7,7 +7,7 @@ from typing import Any
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
-from ..health import source_health
+from ..health import SourceHealth, source_health
 from ..models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
 
 #: The encrypted fields of a source; the API says only whether each is set.
@@ -45,7 +45,7 @@ class SourceSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def _health(self, obj: SyncSource) -> dict[str, Any]:
+    def _health(self, obj: SyncSource) -> SourceHealth:
         cache = self.context.setdefault("_health", {})
         if obj.pk not in cache:
             cache[obj.pk] = source_health(obj)

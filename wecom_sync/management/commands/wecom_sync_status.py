@@ -14,10 +14,11 @@ from wecom_sync.models import SyncSource
 
 def _line(health: SourceHealth) -> str:
     """One line for one source: slug, verdict, the figures, and the problems if any."""
+    # The verdict is a stable token for scripts that read the output; the rest is for people.
     if not health.enabled:
-        verdict = _("DISABLED")
+        verdict = "DISABLED"
     else:
-        verdict = _("OK") if health.ok else _("PROBLEM")
+        verdict = "OK" if health.ok else "PROBLEM"
     never = _("never")
     facts = [
         _("last success %(when)s") % {"when": _fmt(health.last_success_at) or never},
