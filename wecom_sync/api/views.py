@@ -46,14 +46,14 @@ def choice_filter(queryset: QuerySet, request: Request, param: str, choices: Any
     return queryset.filter(**{field or param: value})
 
 
-class ApiViewSetMixin:
-    """What every view set of the API shares: permissions, pagination and schema."""
+class ReadOnlyApiViewSet(viewsets.ReadOnlyModelViewSet):
+    """What every view set of the API shares: read-only, permissions per action, paged lists."""
 
     permission_classes = [HasActionPermissions]
     pagination_class = WeComSyncPagination
 
 
-class SourceViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
+class SourceViewSet(ReadOnlyApiViewSet):
     """WeCom sources: settings (never secrets), status and health; ``sync`` starts a full sync or dry run."""
 
     queryset = SyncSource.objects.all().order_by("name", "pk")
@@ -85,7 +85,7 @@ class SourceViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
 
-class RunViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
+class RunViewSet(ReadOnlyApiViewSet):
     """Sync runs with counters; ``changes`` pages through what a run did; held runs are approved or rejected.
 
     Filters: ``?source=<slug>``, ``?status=``, ``?kind=``.
@@ -149,7 +149,7 @@ class RunViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
         return self._decide(request, services.reject_run)
 
 
-class EventViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
+class EventViewSet(ReadOnlyApiViewSet):
     """The callback inbox; ``reprocess`` resets an event and queues it again.
 
     Filters: ``?source=<slug>``, ``?status=``, ``?change_type=``.
