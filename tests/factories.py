@@ -30,3 +30,15 @@ def make_source(**overrides: Any) -> SyncSource:
     }
     values.update(overrides)
     return SyncSource.objects.create(**values)
+
+
+def make_user(username: str, *codenames: str, **fields: Any) -> Any:
+    """Create and return a Django user holding the given ``wecom_sync`` permissions (by codename)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username, password="pw", **fields)
+    perms = Permission.objects.filter(content_type__app_label="wecom_sync", codename__in=codenames)
+    assert perms.count() == len(set(codenames)), f"unknown permission among {codenames}"
+    user.user_permissions.set(perms)
+    return user

@@ -7,6 +7,7 @@ is used, so a CI run cannot silently fall back to SQLite (WECOM_TEST_DB=sqlite a
 import os
 
 from example_project.settings import *  # noqa: F401,F403
+from example_project.settings import INSTALLED_APPS as _EXAMPLE_APPS
 from example_project.settings import database_from_url
 
 _url = os.environ.get("DATABASE_URL", "")
@@ -34,3 +35,12 @@ WECOM_SYNC = {
     "API_RETRY_MAX_SECONDS": 5.0,
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# Token authentication next to sessions, as a site would configure DRF, so the API tests can use both.
+INSTALLED_APPS = [*_EXAMPLE_APPS, "rest_framework.authtoken"]
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+}

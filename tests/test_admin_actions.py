@@ -128,7 +128,7 @@ def test_held_run_approve_and_reject(source, sim):
 
     client.post(reverse("admin:wecom_sync_syncrun_reject", args=[held.pk]))
     held.refresh_from_db()
-    assert held.status != SyncRun.Status.HELD
+    assert held.status == SyncRun.Status.REJECTED
     assert ExternalUser.objects.filter(source=source, is_removed=True).count() == 0
 
     client.post(reverse("admin:wecom_sync_syncsource_sync", args=[source.pk]))

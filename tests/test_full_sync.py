@@ -375,7 +375,7 @@ def test_rejected_held_run_changes_nothing_and_force_applies(sim, source):
     assert run.status == SyncRun.Status.HELD
     services.reject_run(run, user=admin)
     run.refresh_from_db()
-    assert run.status == SyncRun.Status.CANCELLED and run.decided_by == admin
+    assert run.status == SyncRun.Status.REJECTED and run.decided_by == admin
     assert ExternalUser.objects.filter(source=source, is_removed=True).count() == 0
     with pytest.raises(services.RunStateError):
         services.approve_run(run)

@@ -2,7 +2,9 @@
 (every logger at DEBUG), admin HTML, run messages, change errors, event errors, or any database column.
 
 Scenarios: full syncs (both fetch strategies), a token revoked mid-way, a source with a wrong secret, an
-unreachable API, callbacks (URL verification and events, applied eagerly), a failing event, admin pages.
+unreachable API, callbacks (URL verification and events, applied eagerly), a failing event, admin pages, and
+every endpoint of the REST API (reads, a sync started, a held run rejected and approved, an event reprocessed,
+health, schema).
 """
 
 from __future__ import annotations
@@ -73,6 +75,49 @@ def admin_pages(client: Client) -> dict[str, str]:
     return pages
 
 
+def api_responses(client: Client, sim: WeComSimulator, source: SyncSource) -> dict[str, str]:
+    """Body of every REST API endpoint (each list, each detail, each action), keyed by method and URL."""
+    bodies: dict[str, str] = {}
+
+    def call(method: str, url: str, expected: tuple[int, ...] = (200,), **params: object) -> dict:
+        response = getattr(client, method)(url, params, content_type="application/json") if method == "post" \
+            else client.get(url, params)
+        assert response.status_code in expected, (method, url, response.status_code)
+        bodies[f"{method.upper()} {url} {params}"] = response.content.decode()
+        return response.json()
+
+    def name(view: str, **kwargs: object) -> str:
+        return reverse(f"wecom_sync:{view}", kwargs=kwargs)
+
+    call("get", name("api-root"))
+    call("get", name("api-schema"))
+    call("get", name("api-health"), expected=(200, 503))
+    sources = call("get", name("api-source-list"), page_size=500)["results"]
+    assert any(all(s["secrets_set"].values()) for s in sources), "a source with all four secrets is listed"
+    for item in sources:
+        call("get", name("api-source-detail", slug=item["slug"]))
+    # Actions: a dry run and a sync started, a held run rejected and another approved, an event reprocessed.
+    call("post", name("api-source-sync", slug=source.slug), expected=(202,), dry_run=True)
+    for userid in sorted(sim.org.users)[-12:]:
+        sim.delete_user(userid, deliver=False)
+    held = call("post", name("api-source-sync", slug=source.slug), expected=(202,))
+    assert held["status"] == "held", held
+    call("post", name("api-run-reject", pk=held["id"]))
+    call("post", name("api-run-reject", pk=held["id"]), expected=(409,))
+    held = call("post", name("api-source-sync", slug=source.slug), expected=(202,))
+    call("post", name("api-run-approve", pk=held["id"]))
+    for run in call("get", name("api-run-list"), page_size=500)["results"]:
+        call("get", name("api-run-detail", pk=run["id"]))
+        call("get", name("api-run-changes", pk=run["id"]), page_size=500)
+    event_ids = [e["id"] for e in call("get", name("api-event-list"), page_size=500)["results"]]
+    assert event_ids
+    for pk in event_ids:
+        call("get", name("api-event-detail", pk=pk))
+    call("post", name("api-event-reprocess", pk=event_ids[0]), expected=(202,))
+    call("get", name("api-health"), expected=(200, 503))
+    return bodies
+
+
 def test_the_audit_finds_a_planted_secret(caplog):
     """The detectors themselves work: a secret put in a log line, a page and a column is found."""
     secrets = {"app secret": APP_SECRET}
@@ -138,6 +183,8 @@ def test_no_secret_in_logs_admin_run_messages_or_database(caplog):
         admin_client.force_login(superuser)
         pages = admin_pages(admin_client)
         assert any("syncsource" in url for url in pages) and any("syncrun" in url for url in pages)
+        api = api_responses(admin_client, sim, source)
+        assert len(api) > 20
 
         access_tokens = list(sim._tokens)  # every access token the simulator issued
         assert len(access_tokens) >= 3
@@ -154,6 +201,9 @@ def test_no_secret_in_logs_admin_run_messages_or_database(caplog):
     # Admin HTML.
     for url, html in pages.items():
         assert leaks(html, secrets) == [], url
+    # Every REST API response.
+    for call, body in api.items():
+        assert leaks(body, secrets) == [], call
     # Run messages, change errors, event errors: and every other column of every table.
     for run in SyncRun.objects.all():
         assert leaks(run.message, secrets) == [] and leaks(str(run.counters), secrets) == []

@@ -614,4 +614,4 @@ def test_approve_and_reject_decide_once(source):
     stale_copy.status = SyncRun.Status.HELD  # a second admin tab that still shows the run as held
     with pytest.raises(services.RunStateError):
         services.reject_run(stale_copy)
-    assert SyncRun.objects.get(pk=held.pk).status == SyncRun.Status.CANCELLED
+    assert SyncRun.objects.get(pk=held.pk).status == SyncRun.Status.REJECTED

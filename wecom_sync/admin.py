@@ -32,7 +32,7 @@ from .models import (
 RUN_SYNC_PERMISSION = "wecom_sync.run_sync"
 STATUS_COLOURS = {
     "queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "partial": "#fd7e14",
-    "failed": "#dc3545", "held": "#6f42c1", "cancelled": "#6c757d",
+    "failed": "#dc3545", "held": "#6f42c1", "cancelled": "#6c757d", "rejected": "#6c757d",
     "pending": "#0d6efd", "applied": "#198754", "ignored": "#6c757d",
 }
 
@@ -433,8 +433,9 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
 
         self._require_run_sync(request)
         run = get_object_or_404(SyncRun, pk=pk)
-        if run.status not in (SyncRun.Status.FAILED, SyncRun.Status.PARTIAL, SyncRun.Status.CANCELLED):
-            self.message_user(request, gettext("Only a failed, partial or cancelled run can be retried."),
+        if run.status not in (SyncRun.Status.FAILED, SyncRun.Status.PARTIAL, SyncRun.Status.CANCELLED,
+                              SyncRun.Status.REJECTED):
+            self.message_user(request, gettext("Only a failed, partial, cancelled or rejected run can be retried."),
                               messages.ERROR)
             return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
         new_run = services.enqueue_full_sync(run.source, dry_run=run.kind == SyncRun.Kind.DRY_RUN,

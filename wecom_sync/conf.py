@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "EVENT_MAX_ATTEMPTS": 5,
     # Pending events older than this many seconds are re-enqueued by the periodic task.
     "EVENT_REQUEUE_AFTER_SECONDS": 60,
+    # The status command and health endpoint report a source whose oldest pending event is older than this.
+    "STATUS_PENDING_EVENT_MAX_AGE_SECONDS": 3600,
 }
 
 
@@ -136,6 +138,10 @@ class AppSettings:
     @property
     def EVENT_REQUEUE_AFTER_SECONDS(self) -> int:  # noqa: N802
         return int(self._get("EVENT_REQUEUE_AFTER_SECONDS"))
+
+    @property
+    def STATUS_PENDING_EVENT_MAX_AGE_SECONDS(self) -> int:  # noqa: N802
+        return max(0, int(self._get("STATUS_PENDING_EVENT_MAX_AGE_SECONDS")))
 
 
 app_settings = AppSettings()

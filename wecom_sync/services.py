@@ -190,12 +190,12 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
 
 
 def reject_run(run: SyncRun, user: Any = None) -> SyncRun:
-    """Close a held run without applying its pending removals."""
+    """Close a held run as rejected, without applying its pending removals."""
     run.refresh_from_db()
     if run.status != SyncRun.Status.HELD:
         raise RunStateError(_("Only a held run can be rejected (this one is %(status)s).") % {
             "status": run.get_status_display()})
-    run.status = SyncRun.Status.CANCELLED
+    run.status = SyncRun.Status.REJECTED
     run.decided_by = user if getattr(user, "pk", None) else None
     run.decided_at = timezone.now()
     run.finished_at = run.finished_at or run.decided_at

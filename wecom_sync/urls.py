@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -6,4 +6,5 @@ app_name = "wecom_sync"
 
 urlpatterns = [
     path("callback/<slug:slug>/", views.CallbackView.as_view(), name="callback"),
+    path("api/", include("wecom_sync.api.urls")),
 ]
