@@ -15,6 +15,8 @@ DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["*"] if DEBUG else os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost").split(",")
 
 INSTALLED_APPS = [
+    # Before django.contrib.admin, so that its admin/login.html (the "Log in with WeCom" button) is found first.
+    "wecom_sync",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -22,7 +24,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "wecom_sync",
+]
+
+# Sign in with WeCom next to the usual username and password.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "wecom_sync.auth.WeComBackend",
 ]
 
 MIDDLEWARE = [

@@ -1,9 +1,11 @@
 from django.urls import path
 
-from . import views
+from . import login_views, views
 
 app_name = "wecom_sync"
 
 urlpatterns = [
     path("callback/<slug:slug>/", views.CallbackView.as_view(), name="callback"),
+    path("login/<slug:slug>/", login_views.login_start, name="login"),
+    path("login/<slug:slug>/callback/", login_views.login_callback, name="login_callback"),
 ]
