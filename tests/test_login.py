@@ -516,3 +516,17 @@ def test_the_template_tag_renders_buttons_for_a_sites_own_login_page(rf, source)
     assert 'href="/wecom/login/acme/?next=%2Fafter%2F"' in html
     assert f'href="/wecom/login/{second.slug}/?next=%2Fafter%2F"' in html
     assert "(Beta)" in html
+
+
+def test_the_check_warns_when_the_admin_button_cannot_show(monkeypatch):
+    from django.conf import settings as django_settings
+
+    from wecom_sync.checks import check_login_button
+
+    assert check_login_button() == []  # the example project lists wecom_sync first
+    apps = [a for a in django_settings.INSTALLED_APPS if a != "wecom_sync"] + ["wecom_sync"]
+    monkeypatch.setattr(django_settings._wrapped, "INSTALLED_APPS", apps)
+    assert [w.id for w in check_login_button()] == ["wecom_sync.W010"]
+    monkeypatch.setattr(django_settings._wrapped, "AUTHENTICATION_BACKENDS",
+                        ["django.contrib.auth.backends.ModelBackend"])
+    assert check_login_button() == []
