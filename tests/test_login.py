@@ -525,8 +525,8 @@ def test_the_check_warns_when_the_admin_button_cannot_show(monkeypatch):
 
     assert check_login_button() == []  # the example project lists wecom_sync first
     apps = [a for a in django_settings.INSTALLED_APPS if a != "wecom_sync"] + ["wecom_sync"]
-    monkeypatch.setattr(django_settings._wrapped, "INSTALLED_APPS", apps)
+    monkeypatch.setattr(django_settings, "INSTALLED_APPS", apps)
     assert [w.id for w in check_login_button()] == ["wecom_sync.W010"]
-    monkeypatch.setattr(django_settings._wrapped, "AUTHENTICATION_BACKENDS",
+    monkeypatch.setattr(django_settings, "AUTHENTICATION_BACKENDS",
                         ["django.contrib.auth.backends.ModelBackend"])
     assert check_login_button() == []
