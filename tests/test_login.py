@@ -530,3 +530,32 @@ def test_the_check_warns_when_the_admin_button_cannot_show(monkeypatch):
     monkeypatch.setattr(django_settings, "AUTHENTICATION_BACKENDS",
                         ["django.contrib.auth.backends.ModelBackend"])
     assert check_login_button() == []
+
+
+def test_with_login_create_users_a_source_never_synced_gets_the_members_departments(client, sim, settings):
+    settings.WECOM_SYNC = {**settings.WECOM_SYNC, "LOGIN_CREATE_USERS": True}
+    source = make_source(slug="fresh", api_base_url=sim.base_url, corp_id=sim.corp_id, agent_id=sim.agent_id,
+                         secret=sim.app_secret, contact_sync_secret="", login_enabled=True)
+    userid = active_userid(sim)
+    dept = sim.org.users[userid]["department"][0]
+    assert qr_login(client, source, userid).status_code == 302
+    ext = ExternalUser.objects.get(source=source, userid_key=userid.lower())
+    assert logged_in_as(client) == ext.user
+    assert dept in set(ext.memberships.values_list("department__department_id", flat=True))
+    assert sim.calls["/cgi-bin/department/get"] >= 1
+
+
+def test_with_login_create_users_unreadable_departments_leave_a_root_member_in_scope(client, sim, settings):
+    settings.WECOM_SYNC = {**settings.WECOM_SYNC, "LOGIN_CREATE_USERS": True}
+    source = make_source(slug="fresh", api_base_url=sim.base_url, corp_id=sim.corp_id, agent_id=sim.agent_id,
+                         secret=sim.app_secret, contact_sync_secret="", login_enabled=True)
+    sim.add_user(dict(NEWCOMER), deliver=False)  # a member of department 1, the source's root
+    sim.faults.fail_next(48002, count=10, path="department/get")
+    assert qr_login(client, source, "li.newcomer").status_code == 302
+    assert ExternalUser.objects.get(source=source, userid_key="li.newcomer").user == logged_in_as(client)
+
+
+def test_a_source_without_agent_id_still_redirects_without_one(client, sim, source):
+    SyncSource.objects.filter(pk=source.pk).update(agent_id=None)
+    source.refresh_from_db()
+    assert "agentid" not in parse_qs(urlsplit(start(client, source)).query)

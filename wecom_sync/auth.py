@@ -51,6 +51,7 @@ UNTRUSTED_DOMAIN_ERRCODE = 50001
 UNTRUSTED_IP_ERRCODE = 60020
 
 _IP_RE = re.compile(r"from ip:\s*([0-9A-Fa-f:.]+)")
+_IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 
 
 class LoginError(WeComError):
@@ -91,7 +92,10 @@ def log_failure(reason: str, source: SyncSource | None = None, errcode: int | No
 def caller_ip(errmsg: str) -> str:
     """The IP WeCom saw (errmsg of 60020 ends with ``from ip: 1.2.3.4``), or ""."""
     match = _IP_RE.search(errmsg or "")
-    return match.group(1) if match else ""
+    if match:
+        return match.group(1)
+    match = _IPV4_RE.search(errmsg or "")  # another wording: the first IPv4 address it names
+    return match.group(0) if match else ""
 
 
 def api_failure(exc: WeComError) -> LoginError:
@@ -157,14 +161,20 @@ def provision_member(source: SyncSource, userid: str) -> ExternalUser:
             existing = ExternalUser.objects.filter(source=locked, userid_key=remote.key).first()
             if existing is not None:
                 return existing  # mirrored meanwhile (an event, a sync or a concurrent sign-in)
+            known = set(
+                ExternalDepartment.objects.filter(source=locked, is_removed=False).values_list(
+                    "department_id", flat=True)
+            )
             try:
                 departments = _missing_departments(locked, client, remote.departments)
             except WeComError as exc:
-                raise api_failure(exc) from None
-            in_scope = set(
-                ExternalDepartment.objects.filter(source=locked, is_removed=False).values_list(
-                    "department_id", flat=True)
-            ) | {d.id for d in departments}
+                # The member's unmirrored departments cannot be read: decide on what is known (a member of
+                # the root department itself is in scope); the next sync mirrors the rest.
+                logger.info("wecom_sync.login.departments_unreadable",
+                            extra={"source_id": source.pk, "errcode": getattr(exc, "errcode", None)})
+                departments = []
+                known.add(int(locked.root_department_id or 1))
+            in_scope = known | {d.id for d in departments}
             if not in_scope.intersection(remote.departments):
                 raise LoginError("outside_scope")
             now = timezone.now()

@@ -133,15 +133,15 @@ def _with_query(base: str, params: list[tuple[str, Any]]) -> str:
 
 def authorize_url(source: SyncSource, redirect_uri: str, state: str, *, in_client: bool) -> str:
     """The WeCom page to send the browser to: the in-client OAuth2 page or the web login (QR code)."""
-    agent_id = source.login_agent_id or source.agent_id
+    agent = [("agentid", agent_id)] if (agent_id := source.login_agent_id or source.agent_id) else []
     if in_client and source.login_silent_in_client:
         return _with_query(app_settings.OAUTH_AUTHORIZE_URL, [
             ("appid", source.corp_id), ("redirect_uri", redirect_uri), ("response_type", "code"),
-            ("scope", "snsapi_base"), ("state", state), ("agentid", agent_id),
+            ("scope", "snsapi_base"), ("state", state), *agent,
         ]) + "#wechat_redirect"
     return _with_query(app_settings.WEB_LOGIN_URL, [
-        ("login_type", "CorpApp"), ("appid", source.corp_id), ("agentid", agent_id),
-        ("redirect_uri", redirect_uri), ("state", state),
+        ("login_type", "CorpApp"), ("appid", source.corp_id), *agent, ("redirect_uri", redirect_uri),
+        ("state", state),
     ])
 
 
@@ -196,9 +196,6 @@ def login_start(request: HttpRequest, slug: str) -> HttpResponse:
     if source is None:
         log_failure("source_unavailable")
         return error_page(request, LoginError("source_unavailable"))
-    if not (source.login_agent_id or source.agent_id):
-        log_failure("config", source)
-        return error_page(request, LoginError("config"), source, next_url)
     now = time.time()
     max_age = app_settings.LOGIN_STATE_MAX_AGE
     pending = {
