@@ -15,8 +15,6 @@ DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["*"] if DEBUG else os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost").split(",")
 
 INSTALLED_APPS = [
-    # Before django.contrib.admin, so that its admin/login.html (the "Log in with WeCom" button) is found first.
-    "wecom_sync",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -24,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "wecom_sync",
 ]
 
 # Sign in with WeCom next to the usual username and password.

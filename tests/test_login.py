@@ -518,18 +518,50 @@ def test_the_template_tag_renders_buttons_for_a_sites_own_login_page(rf, source)
     assert "(Beta)" in html
 
 
-def test_the_check_warns_when_the_admin_button_cannot_show(monkeypatch):
+def test_listed_after_the_admin_the_app_gives_the_admin_site_its_login_template(monkeypatch):
     from django.conf import settings as django_settings
+    from django.contrib import admin
 
+    from wecom_sync.apps import ADMIN_LOGIN_TEMPLATE, WeComSyncConfig
     from wecom_sync.checks import check_login_button
 
-    assert check_login_button() == []  # the example project lists wecom_sync first
-    apps = [a for a in django_settings.INSTALLED_APPS if a != "wecom_sync"] + ["wecom_sync"]
-    monkeypatch.setattr(django_settings, "INSTALLED_APPS", apps)
-    assert [w.id for w in check_login_button()] == ["wecom_sync.W010"]
-    monkeypatch.setattr(django_settings, "AUTHENTICATION_BACKENDS",
-                        ["django.contrib.auth.backends.ModelBackend"])
+    apps = list(django_settings.INSTALLED_APPS)
+    assert apps.index("wecom_sync") > apps.index("django.contrib.admin")  # the usual order, as in the example
+    assert admin.site.login_template == ADMIN_LOGIN_TEMPLATE
     assert check_login_button() == []
+    try:
+        # Listed first, Django finds wecom_sync's admin/login.html itself: the admin site is left alone.
+        admin.site.login_template = None
+        monkeypatch.setattr(django_settings, "INSTALLED_APPS",
+                            ["wecom_sync", *[a for a in apps if a != "wecom_sync"]])
+        WeComSyncConfig.add_admin_login_button()
+        assert admin.site.login_template is None
+        assert check_login_button() == []
+        # A project's own login template is kept, and the check says how to add the buttons to it.
+        monkeypatch.setattr(django_settings, "INSTALLED_APPS", apps)
+        admin.site.login_template = "mysite/login.html"
+        WeComSyncConfig.add_admin_login_button()
+        assert admin.site.login_template == "mysite/login.html"
+        assert [w.id for w in check_login_button()] == ["wecom_sync.W010"]
+    finally:
+        admin.site.login_template = ADMIN_LOGIN_TEMPLATE
+    monkeypatch.setattr(django_settings, "AUTHENTICATION_BACKENDS", ["django.contrib.auth.backends.ModelBackend"])
+    assert check_login_button() == []
+
+
+def test_the_admin_login_override_adds_the_buttons_to_djangos_page(rf, source):
+    from pathlib import Path
+
+    from django.contrib.auth.forms import AuthenticationForm
+    from django.template import engines
+
+    import wecom_sync
+
+    text = (Path(wecom_sync.__file__).parent / "templates" / "admin" / "login.html").read_text()
+    request = rf.get("/admin/login/")
+    html = engines["django"].from_string(text).render(
+        {"form": AuthenticationForm(), "next": "/admin/", "app_path": "/admin/login/"}, request)
+    assert 'id="login-form"' in html and html.count('id="wecom-login-acme"') == 1
 
 
 def test_with_login_create_users_a_source_never_synced_gets_the_members_departments(client, sim, settings):

@@ -54,13 +54,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
 
 @register()
 def check_login_button(app_configs: Any = None, **kwargs: Any) -> list:
-    """With Sign in with WeCom installed, the admin login page shows its button only if wecom_sync comes first."""
+    """With Sign in with WeCom installed, warn when the admin login page cannot show its buttons.
+
+    That is when wecom_sync comes after django.contrib.admin (so its admin/login.html is not found) and the admin
+    site has a login template of the project's own (so apps.add_admin_login_button left it alone).
+    """
     if "wecom_sync.auth.WeComBackend" not in getattr(settings, "AUTHENTICATION_BACKENDS", ()):
         return []
+    from django.contrib import admin
+
+    from .apps import ADMIN_LOGIN_TEMPLATE
+
     names = [entry.split(".apps.")[0] for entry in settings.INSTALLED_APPS]
     if "django.contrib.admin" in names and "wecom_sync" in names and (
         names.index("wecom_sync") > names.index("django.contrib.admin")
-    ):
+    ) and admin.site.login_template != ADMIN_LOGIN_TEMPLATE:
         return [
             Warning(
                 _("The admin login page will not show the “Log in with WeCom” button: 'wecom_sync' comes after "

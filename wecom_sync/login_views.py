@@ -178,7 +178,8 @@ def _take_code(request: HttpRequest) -> str:
     if code:
         masked = request.GET.copy()
         masked["code"] = "********"
-        request.GET = masked
+        masked._mutable = False  # read-only again, like the request's own QueryDict
+        request.GET = masked  # type: ignore[assignment]  # a QueryDict, as before
         request.META["QUERY_STRING"] = masked.urlencode(safe="*")
     return code
 
