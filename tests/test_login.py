@@ -591,3 +591,50 @@ def test_a_source_without_agent_id_still_redirects_without_one(client, sim, sour
     SyncSource.objects.filter(pk=source.pk).update(agent_id=None)
     source.refresh_from_db()
     assert "agentid" not in parse_qs(urlsplit(start(client, source)).query)
+
+
+# -- the simulator's side ----------------------------------------------------------------------------------------
+
+
+def test_simulator_codes_are_valid_once_and_for_a_limited_time(sim):
+    from wecom_sync.client import WeComClient
+    from wecom_sync.exceptions import WeComAPIError
+
+    userid = active_userid(sim)
+    with WeComClient(sim.corp_id, sim.app_secret, base_url=sim.base_url) as api:
+        code = sim.login.issue_code(userid)
+        assert api.call("GET", "auth/getuserinfo", params={"code": code})["userid"] == userid
+        with pytest.raises(WeComAPIError) as used:
+            api.call("GET", "auth/getuserinfo", params={"code": code})
+        assert used.value.errcode == 40029
+        sim.login.code_ttl = -1  # issued already expired
+        with pytest.raises(WeComAPIError) as expired:
+            api.call("GET", "auth/getuserinfo", params={"code": sim.login.issue_code(userid)})
+        assert expired.value.errcode == 40029
+    with WeComClient(sim.corp_id, sim.contact_sync_secret, base_url=sim.base_url) as other, \
+            pytest.raises(WeComAPIError) as refused:
+        other.call("GET", "auth/getuserinfo", params={"code": sim.login.issue_code(userid)})
+    assert refused.value.errcode == 48002  # the contact-sync secret is not the app's
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"appid": "wwother"}, "appid"), ({"agentid": "1"}, "agentid"), ({"response_type": "token"}, "response_type"),
+    ({"scope": "snsapi_userinfo"}, "scope"), ({"redirect_uri": "/relative/"}, "redirect_uri"),
+])
+def test_the_simulators_authorize_page_checks_its_parameters(sim, change, message):
+    params = {"appid": sim.corp_id, "redirect_uri": "http://testserver/cb/", "response_type": "code",
+              "scope": "snsapi_base", "state": "s" * 20, "agentid": str(sim.agent_id), **change}
+    page = requests.get(sim.base_url + AUTHORIZE_PATH, params=params, allow_redirects=False, timeout=10)
+    assert page.status_code == 400 and message in page.text
+
+
+def test_the_simulators_web_login_needs_login_type_corpapp_and_shows_members(sim):
+    params = {"appid": sim.corp_id, "agentid": str(sim.agent_id), "redirect_uri": "http://testserver/cb/",
+              "state": "s" * 20}
+    assert requests.get(sim.base_url + WEB_LOGIN_PATH, params=params, timeout=10).status_code == 400
+    page = requests.get(sim.base_url + WEB_LOGIN_PATH, params={**params, "login_type": "CorpApp"}, timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    assert f"data-userid='{sorted(sim.org.users)[0]}'" in page.text
+    unknown = requests.post(sim.base_url + CONFIRM_PATH, data={**params, "typed_userid": "nobody"},
+                            allow_redirects=False, timeout=10)
+    assert unknown.status_code == 200 and "No such member" in unknown.text
