@@ -17,6 +17,7 @@ them is the site's job, and tests need to see that it does.
 from __future__ import annotations
 
 import html
+import logging
 import secrets
 import threading
 import time
@@ -25,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 if TYPE_CHECKING:
     from .server import WeComSimulator
+
+logger = logging.getLogger("wecom_sync.simulator")
 
 AUTHORIZE_PATH = "/connect/oauth2/authorize"
 WEB_LOGIN_PATH = "/wwlogin/sso/login"
@@ -99,6 +102,13 @@ class LoginPages:
         """Answer a sign-in page request, or None when ``path`` is not one of them."""
         if path not in PAGE_PATHS:
             return None
+        try:
+            return self._serve(method, path, query, body)
+        except Exception:  # a simulator bug must show as a server error, not as a dropped connection
+            logger.exception("wecom_sync.simulator.login_page_failed", extra={"path": path})
+            return 500, {"Content-Type": "text/html; charset=UTF-8"}, b"<html><body>500</body></html>"
+
+    def _serve(self, method: str, path: str, query: dict[str, str], body: bytes) -> Reply:
         if path == CONFIRM_PATH:
             if method != "POST":
                 return _error_page("Confirm with POST.")
