@@ -25,6 +25,15 @@ INSTALLED_APPS = [
     "wecom_sync",
 ]
 
+# Sign in with WeCom next to the usual username and password.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "wecom_sync.auth.WeComBackend",
+]
+# The example project has no pages of its own: logging in means the admin.
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

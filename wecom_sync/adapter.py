@@ -157,6 +157,10 @@ class DefaultWeComAdapter:
             return app_settings.NOT_ACTIVATED_USERS_ACTIVE
         return False
 
+    def can_login(self, external_user: Any) -> bool:
+        """Whether a mirrored member may sign in with WeCom: by default, when their status gives an active account."""
+        return self.is_active_for_status(int(external_user.status))
+
     def can_deactivate(self, user: Any) -> bool:
         """Whether the sync may deactivate or delete this Django user (never a superuser)."""
         return not getattr(user, "is_superuser", False)

@@ -115,6 +115,12 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
                 "fields": ["root_department_id", "fetch_strategy", "sync_interval_minutes", "removal_policy",
                            "removal_threshold_count", "removal_threshold_percent", "api_base_url"],
             }),
+            (_("Sign in with WeCom"), {
+                "fields": ["login_enabled", "login_agent_id", "login_silent_in_client"],
+                "description": _("Members sign in with WeCom: by QR code in any browser, silently inside the WeCom "
+                                 "client. In the WeCom console, set this site's domain as the app's trusted domain "
+                                 "and web-login callback domain (see docs/login.md)."),
+            }),
         ]
         if obj is not None:
             fieldsets.append((_("Status"), {"fields": ["recent_runs", "secrets_status", "last_synced_at"]}))

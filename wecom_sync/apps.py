@@ -1,6 +1,9 @@
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
+#: The admin login template with the WeCom buttons, for projects that list wecom_sync after django.contrib.admin.
+ADMIN_LOGIN_TEMPLATE = "wecom_sync/admin_login.html"
+
 
 class WeComSyncConfig(AppConfig):
     name = "wecom_sync"
@@ -14,3 +17,21 @@ class WeComSyncConfig(AppConfig):
         from .exceptions import set_translator
 
         set_translator(gettext)  # errcode hints and error texts are shown in the active language
+        self.add_admin_login_button()
+
+    @staticmethod
+    def add_admin_login_button() -> None:
+        """Give the admin login page its "Log in with WeCom" buttons when our admin/login.html is not found first.
+
+        Listed before django.contrib.admin, wecom_sync's admin/login.html is the one Django finds. Listed after, the
+        default admin site gets a login template that adds the buttons, unless the project chose one itself.
+        """
+        from django.conf import settings
+
+        names = [entry.split(".apps.")[0] for entry in settings.INSTALLED_APPS]
+        if "django.contrib.admin" not in names or names.index("wecom_sync") < names.index("django.contrib.admin"):
+            return
+        from django.contrib import admin
+
+        if admin.site.login_template is None:
+            admin.site.login_template = ADMIN_LOGIN_TEMPLATE

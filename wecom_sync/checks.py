@@ -50,3 +50,32 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     if "rest_framework" not in settings.INSTALLED_APPS:
         errors.append(Error(_("wecom_sync needs 'rest_framework' in INSTALLED_APPS."), id="wecom_sync.E004"))
     return errors
+
+
+@register()
+def check_login_button(app_configs: Any = None, **kwargs: Any) -> list:
+    """With Sign in with WeCom installed, warn when the admin login page cannot show its buttons.
+
+    That is when wecom_sync comes after django.contrib.admin (so its admin/login.html is not found) and the admin
+    site has a login template of the project's own (so apps.add_admin_login_button left it alone).
+    """
+    if "wecom_sync.auth.WeComBackend" not in getattr(settings, "AUTHENTICATION_BACKENDS", ()):
+        return []
+    from django.contrib import admin
+
+    from .apps import ADMIN_LOGIN_TEMPLATE
+
+    names = [entry.split(".apps.")[0] for entry in settings.INSTALLED_APPS]
+    if "django.contrib.admin" in names and "wecom_sync" in names and (
+        names.index("wecom_sync") > names.index("django.contrib.admin")
+    ) and admin.site.login_template != ADMIN_LOGIN_TEMPLATE:
+        return [
+            Warning(
+                _("The admin login page will not show the “Log in with WeCom” button: 'wecom_sync' comes after "
+                  "'django.contrib.admin' in INSTALLED_APPS."),
+                hint=_("Move 'wecom_sync' above 'django.contrib.admin', or add {% wecom_login_buttons %} to your "
+                       "own admin/login.html (see docs/login.md)."),
+                id="wecom_sync.W010",
+            )
+        ]
+    return []

@@ -36,14 +36,15 @@ CREDENTIAL_ERRCODES = frozenset({40001, 40013, 40091})
 #: Seconds between two looks at the cache while another worker fetches the token.
 _TOKEN_POLL_SECONDS = 0.05
 
-_SECRET_QUERY = re.compile(r"((?:access_token|corpsecret)=)[^&\s'\"]*", re.IGNORECASE)
+# "code" is a sign-in's OAuth code (auth/getuserinfo); the lookbehind keeps "errcode=" readable.
+_SECRET_QUERY = re.compile(r"((?<![A-Za-z0-9_])(?:access_token|corpsecret|code)=)[^&\s'\"]*", re.IGNORECASE)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def redact(text: str) -> str:
-    """Return text with the values of access_token= and corpsecret= query parameters replaced by ***."""
+    """Return text with the values of access_token=, corpsecret= and code= query parameters replaced by ***."""
     return _SECRET_QUERY.sub(r"\1***", text)
 
 

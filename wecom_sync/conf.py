@@ -49,6 +49,13 @@ DEFAULTS: dict[str, Any] = {
     "EVENT_REQUEUE_AFTER_SECONDS": 60,
     # The status command and health endpoint report a source whose oldest pending event is older than this.
     "STATUS_PENDING_EVENT_MAX_AGE_SECONDS": 3600,
+    # Sign in with WeCom: the in-client OAuth2 page and the web login (QR code) page, as full URLs.
+    "OAUTH_AUTHORIZE_URL": "https://open.weixin.qq.com/connect/oauth2/authorize",
+    "WEB_LOGIN_URL": "https://login.work.weixin.qq.com/wwlogin/sso/login",
+    # Sign in with WeCom: fetch and provision a member the sync has not mirrored yet.
+    "LOGIN_CREATE_USERS": False,
+    # Sign in with WeCom: seconds a login's state stays valid (WeCom's codes live 5 minutes).
+    "LOGIN_STATE_MAX_AGE": 600,
 }
 
 
@@ -142,6 +149,22 @@ class AppSettings:
     @property
     def STATUS_PENDING_EVENT_MAX_AGE_SECONDS(self) -> int:  # noqa: N802
         return max(0, int(self._get("STATUS_PENDING_EVENT_MAX_AGE_SECONDS")))
+
+    @property
+    def OAUTH_AUTHORIZE_URL(self) -> str:  # noqa: N802
+        return str(self._get("OAUTH_AUTHORIZE_URL") or DEFAULTS["OAUTH_AUTHORIZE_URL"])
+
+    @property
+    def WEB_LOGIN_URL(self) -> str:  # noqa: N802
+        return str(self._get("WEB_LOGIN_URL") or DEFAULTS["WEB_LOGIN_URL"])
+
+    @property
+    def LOGIN_CREATE_USERS(self) -> bool:  # noqa: N802
+        return bool(self._get("LOGIN_CREATE_USERS"))
+
+    @property
+    def LOGIN_STATE_MAX_AGE(self) -> int:  # noqa: N802
+        return max(1, int(self._get("LOGIN_STATE_MAX_AGE")))
 
 
 app_settings = AppSettings()

@@ -54,6 +54,7 @@ class SyncSourceForm(forms.ModelForm):
             "name", "slug", "corp_id", "agent_id", "secret", "contact_sync_secret", "token", "encoding_aes_key",
             "api_base_url", "enabled", "root_department_id", "fetch_strategy", "sync_interval_minutes",
             "removal_policy", "removal_threshold_count", "removal_threshold_percent",
+            "login_enabled", "login_agent_id", "login_silent_in_client",
         ]
         widgets = {
             "secret": SecretInput(),
@@ -109,6 +110,12 @@ class SyncSourceForm(forms.ModelForm):
             raise forms.ValidationError(_("AgentId is a positive whole number, e.g. 1000002."), code="agent_id")
         return value
 
+    def clean_login_agent_id(self) -> int | None:
+        value = self.cleaned_data.get("login_agent_id")
+        if value is not None and value <= 0:
+            raise forms.ValidationError(_("AgentId is a positive whole number, e.g. 1000002."), code="agent_id")
+        return value
+
     def clean_token(self) -> str:
         value = self.cleaned_data.get("token") or ""
         if value and not is_valid_token(value):
@@ -147,6 +154,11 @@ class SyncSourceForm(forms.ModelForm):
             self.add_error("encoding_aes_key" if final["token"] else "token", forms.ValidationError(
                 _("The callback Token and EncodingAESKey go together: set both or neither."),
                 code="callback_pair",
+            ))
+        if cleaned.get("login_enabled") and not (cleaned.get("login_agent_id") or cleaned.get("agent_id")):
+            self.add_error("login_agent_id", forms.ValidationError(
+                _("Sign-in with WeCom needs an AgentId: enter the app's AgentId above or here."),
+                code="login_agent_id_required",
             ))
         self._final_secrets = final
         return cleaned

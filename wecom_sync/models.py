@@ -366,6 +366,7 @@ class SyncRun(models.Model):
         API = "api", _("API")
         CALLBACK = "callback", _("callback")
         RETRY = "retry", _("retry")
+        LOGIN = "login", _("sign-in with WeCom")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("queued")

@@ -23,6 +23,7 @@ import requests
 
 from .events import CallbackTarget, Clock, department_fields, event_xml, user_fields
 from .faults import API_PREFIX, GETTOKEN_PATH, Faults
+from .login import LoginPages
 from .org import RESTRICTED_USER_FIELDS, Organisation, generate_organisation
 
 logger = logging.getLogger("wecom_sync.simulator")
@@ -32,6 +33,7 @@ ERRMSGS: dict[int, str] = {
     40001: "invalid credential",
     40013: "invalid corpid",
     40014: "invalid access_token",
+    40029: "invalid code",
     40058: "invalid parameter",
     41001: "access_token missing",
     41004: "corpsecret missing",
@@ -41,6 +43,7 @@ ERRMSGS: dict[int, str] = {
     45033: "api concurrent out of limit",
     48002: "api forbidden",
     48009: "api forbidden for contact assistant",
+    50002: "user out of agent privilege",
     60011: "no privilege to access/modify contact/party/agent",
     60020: "not allow to access from your ip",
     60111: "userid not found",
@@ -132,6 +135,14 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(parsed.query, keep_blank_values=True))
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        page = self.server.simulator.login.serve(method, parsed.path, query, body)
+        if page is not None:  # the sign-in pages (HTML and redirects), see simulator/login.py
+            self.send_response(page[0])
+            for name, value in {**page[1], "Content-Length": str(len(page[2]))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(page[2])
+            return
         try:
             status, payload = self.server.simulator.dispatch(method, parsed.path, query, body)
         except Exception:  # a simulator bug must show as a server error, not as a dropped connection
@@ -196,7 +207,10 @@ class WeComSimulator:
             "user/list": ("GET", self._user_list),
             "user/simplelist": ("GET", self._user_simplelist),
             "user/list_id": ("POST", self._user_list_id),
+            "auth/getuserinfo": ("GET", self._auth_getuserinfo),
         }
+        #: Sign in with WeCom: login codes, the authorize and web-login pages (simulator/login.py).
+        self.login = LoginPages(self)
 
     def __repr__(self) -> str:
         return f"WeComSimulator(base_url={self.base_url!r}, corp_id={self.corp_id!r}, org={self.org!r})"
@@ -437,6 +451,12 @@ class WeComSimulator:
             {"userid": u["userid"], "name": u.get("name", ""), "department": u.get("department", [])}
             for u in members
         ]})
+
+    def _auth_getuserinfo(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
+        if kind != APP:
+            return _error(48002)
+        errcode, payload = self.login.getuserinfo(query, self._visible(kind))
+        return _error(errcode) if errcode else _ok(payload)
 
     def _user_list_id(self, query: dict[str, str], body: bytes, kind: str) -> tuple[int, bytes]:
         try:

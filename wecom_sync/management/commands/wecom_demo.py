@@ -66,11 +66,16 @@ class Command(BaseCommand):
                 sim.set_callback(base_url + source.get_callback_path(), source.token, source.encoding_aes_key)
                 self.live_changes(sim, source)
 
+                self.step(_("Sign in with WeCom"))
+                member = self.login_with_wecom(sim, source, base_url)
+
                 self.step(_("Done"))
                 self.stdout.write(_("Admin: log in as %(user)s / %(password)s") % {"user": admin_user,
                                                                                    "password": "admin"})
                 if options["serve"]:
                     self.stdout.write(_("Open %(url)s/admin/ — Ctrl+C stops the demo.") % {"url": base_url})
+                    self.stdout.write(_("Or click “Log in with WeCom” on the admin login page and pick %(member)s "
+                                        "(a staff member) on the simulator's page.") % {"member": member})
                     self.wait_forever()
                 else:
                     self.stdout.write(_("To explore in the admin with the simulator still running: "
@@ -180,6 +185,43 @@ class Command(BaseCommand):
         self.stdout.write(_("  %(n)d runs logged for this source (admin → Sync runs).") % {"n": runs})
         if not all(ok for _label, ok in checks):
             raise CommandError(_("Some live changes were not applied; see the callback events in the admin."))
+
+    def login_with_wecom(self, sim: Any, source: SyncSource, base_url: str) -> str:
+        """Switch on Sign in with WeCom against the simulator and sign a member in to the admin over HTTP."""
+        from urllib.parse import parse_qsl, urlsplit
+
+        import requests
+
+        from ...simulator.login import AUTHORIZE_PATH, CONFIRM_PATH, WEB_LOGIN_PATH
+
+        # The simulator stands in for WeCom's pages: WECOM_SYNC is read on each access, so this takes effect now.
+        settings.WECOM_SYNC = {**(getattr(settings, "WECOM_SYNC", None) or {}),
+                               "OAUTH_AUTHORIZE_URL": sim.base_url + AUTHORIZE_PATH,
+                               "WEB_LOGIN_URL": sim.base_url + WEB_LOGIN_PATH}
+        source.login_enabled = True
+        source.save(update_fields=["login_enabled"])
+        ext = (ExternalUser.objects.filter(source=source, is_removed=False, status=1, user__is_active=True)
+               .select_related("user").order_by("userid_key").first())
+        if ext is None:
+            raise CommandError(_("No active member to sign in with."))
+        ext.user.is_staff = True
+        ext.user.save(update_fields=["is_staff"])
+        with requests.Session() as browser:
+            start = browser.get(f"{base_url}/wecom/login/{source.slug}/", params={"next": "/admin/"},
+                                allow_redirects=False, timeout=30)
+            wecom_page = start.headers.get("Location", "")
+            shown = browser.get(wecom_page, timeout=30) if wecom_page.startswith(sim.base_url) else None
+            form = dict(parse_qsl(urlsplit(wecom_page).query))
+            form["userid"] = ext.userid  # the person picks themselves on the simulated QR page
+            landed = browser.post(sim.base_url + CONFIRM_PATH, data=form, timeout=30)
+        ok = (shown is not None and shown.status_code == 200 and landed.status_code == 200
+              and urlsplit(landed.url).path == "/admin/" and 'id="user-tools"' in landed.text)
+        mark = self.style.SUCCESS("✔") if ok else self.style.ERROR("✘")
+        self.stdout.write(f"    {mark} " + _("%(member)s signed in with WeCom (web login) and reached the admin")
+                          % {"member": ext.userid})
+        if not ok:
+            raise CommandError(_("Sign in with WeCom did not reach the admin; see docs/login.md."))
+        return ext.userid
 
     def wait_forever(self) -> None:
         connection.close()
