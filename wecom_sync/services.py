@@ -206,7 +206,7 @@ def _settle_pending_rows(run: SyncRun, pending: Any, user_ids: list[str], remove
             users.filter(external_id__in=done).delete()
         if kept:
             users.filter(external_id__in=kept).update(
-                action=SyncRunChange.Action.SKIPPED, error=came_back, applied=True
+                action=SyncRunChange.Action.SKIPPED, error=came_back
             )
     depts = pending.filter(object_type=SyncRunChange.ObjectType.DEPARTMENT, action=SyncRunChange.Action.REMOVED)
     done_depts = [str(d) for d in dept_ids if d in removed_depts]
@@ -215,7 +215,7 @@ def _settle_pending_rows(run: SyncRun, pending: Any, user_ids: list[str], remove
         depts.filter(external_id__in=done_depts).delete()
     if kept_depts:
         depts.filter(external_id__in=kept_depts).update(
-            action=SyncRunChange.Action.SKIPPED, error=came_back, applied=True
+            action=SyncRunChange.Action.SKIPPED, error=came_back
         )
 
 

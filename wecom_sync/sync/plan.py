@@ -352,6 +352,9 @@ def plan_users(
             if readable is not None:
                 kept = tuple(d for d in removed if d not in readable)
                 removed = tuple(d for d in removed if d in readable)
+                if kept:
+                    # The main department may be one that was not read: is_main cannot be judged.
+                    changed = tuple(d for d in changed if wanted[d][:2] != current[d][:2])
         if row.is_removed:
             action = "reactivated"
         elif is_active(row.status) and not is_active(user.status):
