@@ -74,14 +74,14 @@ def test_approval_keeps_members_restored_unchanged_after_the_hold(sim):
     assert sync(source).status == SyncRun.Status.SUCCEEDED
     gone = sorted(u for u, m in sim.org.users.items() if m["status"] == 1)[:20]
     payloads = {userid: dict(sim.org.users[userid]) for userid in gone}
-    for userid in gone:
-        sim.delete_user(userid, deliver=False)
+    deletions = {userid: sim.delete_user(userid, deliver=False) for userid in gone}
     held = sync(source)
     assert held.status == SyncRun.Status.HELD
     back = gone[:6]
     for userid in back:
         # WeCom sends create_user; the re-fetched member is exactly what the mirror already holds
         apply_event(source, sim.add_user(payloads[userid], deliver=False))
+    apply_event(source, deletions[gone[6]])  # removed meanwhile by its own event
     services.approve_run(held)
     held.refresh_from_db()
     assert held.status == SyncRun.Status.SUCCEEDED, held.message
@@ -93,8 +93,9 @@ def test_approval_keeps_members_restored_unchanged_after_the_hold(sim):
     # one row per member: the approval's own for the 14, the held row (now skipped) for the 6
     rows = list(held.changes.filter(object_type="user", external_id__in=gone).values_list("external_id", "action"))
     assert len(rows) == len(gone)
-    assert sorted(u for u, a in rows if a == "deactivated") == sorted(gone[6:])
-    assert sorted(u for u, a in rows if a == "skipped") == sorted(back)
+    assert sorted(u for u, a in rows if a == "deactivated") == sorted(gone[7:])
+    assert sorted(u for u, a in rows if a == "skipped") == sorted([*back, gone[6]])
+    assert "Already removed" in held.changes.get(external_id=gone[6]).error
 
 
 def test_approval_keeps_a_department_confirmed_after_the_hold(sim):

@@ -144,6 +144,7 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         decided_at = run.finished_at or timezone.now()
         not_seen_since = Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=snapshot_at)
         rows = []
+        already: set[str] = set()  # removed meanwhile (a callback event): nothing left to do
         # In chunks: a large hold must stay approvable on SQLite, whose queries take at most 32,766 parameters.
         for keys in chunks(sorted({normalize_userid(u) for u in user_ids}), app_settings.BATCH_SIZE):
             local = load_local_state(source, user_keys=keys, with_memberships=False)
@@ -153,6 +154,7 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
                 ).values_list("pk", flat=True)
             )
             rows.extend(u for u in local.users.values() if u.pk in still_gone)
+            already.update(u.userid for u in local.users.values() if u.is_removed)
         gone_depts = set(
             ExternalDepartment.objects.filter(
                 not_seen_since, source=source, department_id__in=dept_ids, updated_at__lte=decided_at
@@ -167,7 +169,7 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         applier.remove_users(rows)
         applier.remove_departments(depts)
         _settle_pending_rows(
-            run, pending, user_ids, {u.userid for u in rows}, dept_ids, {d.department_id for d in depts}
+            run, pending, user_ids, {u.userid for u in rows}, dept_ids, {d.department_id for d in depts}, already
         )
         counters = dict(run.counters or {})
         for key, value in applier.counters.items():
@@ -194,16 +196,20 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
 
 
 def _settle_pending_rows(run: SyncRun, pending: Any, user_ids: list[str], removed_users: set[str],
-                         dept_ids: list[int], removed_depts: set[int]) -> None:
+                         dept_ids: list[int], removed_depts: set[int], already: set[str]) -> None:
     """Leave one change row per object after an approval: the approval's own row replaces the pending one;
-    an object that came back keeps its row, now ``skipped``."""
+    an object that came back (or was removed meanwhile) keeps its row, now ``skipped``."""
     came_back = _("WeCom confirmed it again after this run read the directory: not removed.")
+    removed_meanwhile = _("Already removed before the approval (by a callback event).")
     users = pending.filter(object_type=SyncRunChange.ObjectType.USER, action__in=USER_REMOVAL_ACTIONS)
     for batch in chunks(sorted(set(user_ids)), app_settings.BATCH_SIZE):
         done = [u for u in batch if u in removed_users]
-        kept = [u for u in batch if u not in removed_users]
+        gone = [u for u in batch if u not in removed_users and u in already]
+        kept = [u for u in batch if u not in removed_users and u not in already]
         if done:
             users.filter(external_id__in=done).delete()
+        if gone:
+            users.filter(external_id__in=gone).update(action=SyncRunChange.Action.SKIPPED, error=removed_meanwhile)
         if kept:
             users.filter(external_id__in=kept).update(
                 action=SyncRunChange.Action.SKIPPED, error=came_back
