@@ -68,14 +68,28 @@ class DefaultWeComAdapter:
 
     # -- usernames -----------------------------------------------------------------------------------
 
+    def login_is_email(self) -> bool:
+        """Whether the user model signs in with its email field (``USERNAME_FIELD`` is the email field)."""
+        model = self.get_user_model()
+        return model.USERNAME_FIELD == model.get_email_field_name()
+
     def username_base(self, source: SyncSource, remote: RemoteUser) -> str:
-        """The preferred username of a new Django user: the WeCom userid."""
+        """The preferred login of a new Django user: the WeCom userid, or the email on an email-login model."""
+        if self.login_is_email():
+            return self.email_for(remote) or remote.userid
         return remote.userid
 
     def username_suffix(self, source: SyncSource, remote: RemoteUser, attempt: int) -> str:
         """A deterministic suffix for a colliding username: a short hash of corp and userid, then a counter."""
         token = hashlib.sha256(f"{source.corp_id}:{remote.key}".encode()).hexdigest()[:6]
         return f"-{token}" if attempt == 1 else f"-{token}-{attempt}"
+
+    def _with_suffix(self, base: str, suffix: str, max_len: int) -> str:
+        """``base`` with ``suffix``, within ``max_len``; an email keeps its domain (``a-1f2e3d@x.cn``)."""
+        local, at, domain = base.rpartition("@")
+        if at and local and len(domain) + len(suffix) + 2 <= max_len:
+            return local[: max_len - len(suffix) - len(domain) - 1] + suffix + "@" + domain
+        return base[: max_len - len(suffix)] + suffix
 
     def assign_usernames(self, source: SyncSource, pairs: Sequence[tuple[RemoteUser, Any]]) -> None:
         """Give each new (unsaved) user a free username; once saved it is never changed by the sync."""
@@ -103,7 +117,7 @@ class DefaultWeComAdapter:
             for i in retry:
                 remote = pairs[i][0]
                 suffix = self.username_suffix(source, remote, attempt)
-                wanted[i] = self.username_base(source, remote)[: max_len - len(suffix)] + suffix
+                wanted[i] = self._with_suffix(self.username_base(source, remote), suffix, max_len)
             pending = retry
 
     # -- fields --------------------------------------------------------------------------------------
@@ -146,7 +160,9 @@ class DefaultWeComAdapter:
             put("first_name", first)
             if last or created:
                 put("last_name", last)
-        put(self.get_user_model().get_email_field_name(), self.email_for(remote))
+        if created or not self.login_is_email():
+            # On an email-login model the email is the login: set once, never rewritten by the sync.
+            put(self.get_user_model().get_email_field_name(), self.email_for(remote))
         return changed
 
     def is_active_for_status(self, status: int) -> bool:
@@ -217,14 +233,17 @@ class DefaultWeComAdapter:
                 index = self._email_index(field)
                 pks = {pk for v in values for pk in index.get(v, ())}
                 qs = model._default_manager.filter(pk__in=pks).annotate(_link=Lower(field)) if pks else []
-            elif key == "email":
-                qs = model._default_manager.annotate(_link=Lower(field)).filter(_link__in=values)
+            elif key in ("email", "username"):
+                # Compared case-insensitively: emails, and usernames matched against case-insensitive userids.
+                qs = model._default_manager.annotate(_link=Lower(field)).filter(
+                    _link__in={v.strip().lower() for v in values}
+                )
             else:
                 qs = model._default_manager.filter(**{f"{field}__in": values}).annotate(_link=Lower(field))
             bucket = found.setdefault(key, {})
             for user in qs:
                 users[user.pk] = user
-                link = user._link if key == "email" else getattr(user, field)
+                link = user._link if key in ("email", "username") else getattr(user, field)
                 bucket.setdefault(str(link).strip(), set()).add(user.pk)
         if not users:
             return result
@@ -235,6 +254,7 @@ class DefaultWeComAdapter:
             candidates: set[int] = set()
             for key, values in per_remote[remote.key].items():
                 for value in values:
+                    value = value.strip().lower() if key in ("email", "username") else value
                     candidates |= found.get(key, {}).get(value, set())
             candidates -= taken
             if len(candidates) == 1:

@@ -403,6 +403,8 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
             "selected_action": action,
             "pending_removals": run.changes.filter(applied=False).exclude(action="failed")[:500]
             if run.status == SyncRun.Status.HELD else [],
+            "pending_count": run.changes.filter(applied=False).exclude(action="failed").count()
+            if run.status == SyncRun.Status.HELD else 0,
             "can_run_sync": can_run_sync(request),
             "progress": run_progress(run),
             "counter_rows": counter_rows(run.counters),
@@ -418,8 +420,13 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         if run.status != SyncRun.Status.HELD:
             self.message_user(request, gettext("Only a held run can be approved."), messages.ERROR)
         else:
-            services.approve_run(run, user=request.user)
-            self.message_user(request, gettext("Approved: the held removals are being applied."), messages.SUCCESS)
+            try:
+                services.approve_run(run, user=request.user)
+            except services.RunStateError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, gettext("Approved: the held removals are being applied."),
+                                  messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
 
     def reject_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -430,8 +437,12 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         if run.status != SyncRun.Status.HELD:
             self.message_user(request, gettext("Only a held run can be rejected."), messages.ERROR)
         else:
-            services.reject_run(run, user=request.user)
-            self.message_user(request, gettext("Rejected: nobody was removed."), messages.SUCCESS)
+            try:
+                services.reject_run(run, user=request.user)
+            except services.RunStateError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, gettext("Rejected: nobody was removed."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
 
     def retry_view(self, request: HttpRequest, pk: int) -> HttpResponse:

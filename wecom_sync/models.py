@@ -198,6 +198,12 @@ class ExternalDepartment(models.Model):
     )
     is_removed = models.BooleanField(_("removed"), default=False)
     removed_at = models.DateTimeField(_("removed at"), null=True, blank=True)
+    last_seen_at = models.DateTimeField(
+        _("last confirmed at"),
+        null=True,
+        blank=True,
+        help_text=_("When WeCom last confirmed this object exists (a sync or event that read it)."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -260,6 +266,12 @@ class ExternalUser(models.Model):
     digest = models.CharField(_("payload digest"), max_length=64, blank=True)
     is_removed = models.BooleanField(_("removed"), default=False)
     removed_at = models.DateTimeField(_("removed at"), null=True, blank=True)
+    last_seen_at = models.DateTimeField(
+        _("last confirmed at"),
+        null=True,
+        blank=True,
+        help_text=_("When WeCom last confirmed this object exists (a sync or event that read it)."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 

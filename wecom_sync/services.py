@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .conf import app_settings
-from .models import ExternalUser, SyncRun, SyncRunChange, SyncSource
+from .models import ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from .signals import notify, sync_finished
 from .snapshot import normalize_userid
 from .sync import lock, runner
@@ -138,33 +138,39 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         ]
         applier = Applier(source, run, track_progress=True)
         applier.load_departments()
-        # Only members not seen again since the run was held: a member who came back stays.
+        # Each pending removal is decided against the mirror as it is now: an object that WeCom confirmed
+        # (a full sync or an event re-fetch, changed or not) after this run read the directory stays.
+        snapshot_at = run.started_at or run.created_at
         decided_at = run.finished_at or timezone.now()
+        not_seen_since = Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=snapshot_at)
         rows = []
+        already: set[str] = set()  # removed meanwhile (a callback event): nothing left to do
         # In chunks: a large hold must stay approvable on SQLite, whose queries take at most 32,766 parameters.
         for keys in chunks(sorted({normalize_userid(u) for u in user_ids}), app_settings.BATCH_SIZE):
             local = load_local_state(source, user_keys=keys, with_memberships=False)
             still_gone = set(
                 ExternalUser.objects.filter(
-                    source=source, userid_key__in=keys, is_removed=False, updated_at__lte=decided_at,
+                    not_seen_since, source=source, userid_key__in=keys, is_removed=False, updated_at__lte=decided_at,
                 ).values_list("pk", flat=True)
             )
             rows.extend(u for u in local.users.values() if u.pk in still_gone)
-        applier.total = len(rows) + len(dept_ids)
-        applier.remove_users(rows)
+            already.update(u.userid for u in local.users.values() if u.is_removed)
+        gone_depts = set(
+            ExternalDepartment.objects.filter(
+                not_seen_since, source=source, department_id__in=dept_ids, updated_at__lte=decided_at
+            ).values_list("department_id", flat=True)
+        ) if dept_ids else set()
         depts = [
             d
             for d in load_local_state(source, user_keys=[], with_memberships=False).departments.values()
-            if d.department_id in set(dept_ids) and not d.is_removed
+            if d.department_id in gone_depts and not d.is_removed
         ]
+        applier.total = len(rows) + len(depts)
+        applier.remove_users(rows)
         applier.remove_departments(depts)
-        applied_users = {u.userid for u in rows}
-        for batch in chunks(sorted(applied_users), app_settings.BATCH_SIZE):
-            pending.filter(object_type=SyncRunChange.ObjectType.USER, external_id__in=batch).update(applied=True)
-        pending.filter(
-            object_type=SyncRunChange.ObjectType.DEPARTMENT,
-            external_id__in=[str(d.department_id) for d in depts],
-        ).update(applied=True)
+        _settle_pending_rows(
+            run, pending, user_ids, {u.userid for u in rows}, dept_ids, {d.department_id for d in depts}, already
+        )
         counters = dict(run.counters or {})
         for key, value in applier.counters.items():
             counters[f"approved_{key}"] = value
@@ -187,6 +193,36 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         lock.release(source, run)
     notify(sync_finished, SyncRun, run=run, source=source)
     return run
+
+
+def _settle_pending_rows(run: SyncRun, pending: Any, user_ids: list[str], removed_users: set[str],
+                         dept_ids: list[int], removed_depts: set[int], already: set[str]) -> None:
+    """Leave one change row per object after an approval: the approval's own row replaces the pending one;
+    an object that came back (or was removed meanwhile) keeps its row, now ``skipped``."""
+    came_back = _("WeCom confirmed it again after this run read the directory: not removed.")
+    removed_meanwhile = _("Already removed before the approval (by a callback event).")
+    users = pending.filter(object_type=SyncRunChange.ObjectType.USER, action__in=USER_REMOVAL_ACTIONS)
+    for batch in chunks(sorted(set(user_ids)), app_settings.BATCH_SIZE):
+        done = [u for u in batch if u in removed_users]
+        gone = [u for u in batch if u not in removed_users and u in already]
+        kept = [u for u in batch if u not in removed_users and u not in already]
+        if done:
+            users.filter(external_id__in=done).delete()
+        if gone:
+            users.filter(external_id__in=gone).update(action=SyncRunChange.Action.SKIPPED, error=removed_meanwhile)
+        if kept:
+            users.filter(external_id__in=kept).update(
+                action=SyncRunChange.Action.SKIPPED, error=came_back
+            )
+    depts = pending.filter(object_type=SyncRunChange.ObjectType.DEPARTMENT, action=SyncRunChange.Action.REMOVED)
+    done_depts = [str(d) for d in dept_ids if d in removed_depts]
+    kept_depts = [str(d) for d in dept_ids if d not in removed_depts]
+    if done_depts:
+        depts.filter(external_id__in=done_depts).delete()
+    if kept_depts:
+        depts.filter(external_id__in=kept_depts).update(
+            action=SyncRunChange.Action.SKIPPED, error=came_back
+        )
 
 
 def reject_run(run: SyncRun, user: Any = None) -> SyncRun:

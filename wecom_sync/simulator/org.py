@@ -145,16 +145,41 @@ class _Index:
                 rows.append({"userid": userid, "department": dept_id})
         self.list_id_rows = rows
         self._subtrees: dict[int, list[int]] = {}
+        self._root = next((d["id"] for d in sorted(org.departments.values(), key=lambda d: d["id"])
+                           if d.get("parentid") in (0, None)), None)
+        self._looping = [d for d in sorted(org.departments) if self._loops(org, d)]
+
+    @staticmethod
+    def _loops(org: Organisation, department_id: int) -> bool:
+        seen: set[int] = set()
+        current: Any = department_id
+        while current in org.departments:
+            if current in seen:
+                return True
+            seen.add(current)
+            current = org.departments[current].get("parentid")
+        return False
 
     def subtree(self, department_id: int) -> list[int]:
         cached = self._subtrees.get(department_id)
         if cached is None:
             cached = []
             stack = [department_id]
+            seen: set[int] = set()
             while stack:
                 current = stack.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
                 cached.append(current)
                 stack.extend(reversed(self.children.get(current, ())))
+            if department_id == self._root:
+                # Departments whose parents loop (only a test sets that up) still belong to the directory:
+                # listed after the rest, as a WeCom with broken data would list them.
+                for start in self._looping:
+                    if start not in seen:
+                        cached.extend(d for d in self.subtree(start) if d not in seen)
+                        seen.update(cached)
             self._subtrees[department_id] = cached
         return cached
 

@@ -28,6 +28,7 @@ from ..models import ExternalDepartment, ExternalMembership, ExternalUser, SyncR
 from ..signals import notify, user_created, user_deactivated, user_reactivated, user_updated
 from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
 from .plan import (
+    PLACEMENT_KEYS,
     DepartmentOp,
     LocalDepartment,
     LocalState,
@@ -43,9 +44,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-EXT_USER_FIELDS = ["userid", "userid_key", "name", "status", "raw", "digest", "is_removed", "removed_at", "updated_at"]
+EXT_USER_FIELDS = ["userid", "userid_key", "name", "status", "raw", "digest", "is_removed", "removed_at", "updated_at",
+                   "last_seen_at"]
 DEPT_FIELDS = ["name", "name_en", "order", "leaders", "raw", "digest", "remote_parent_id", "is_removed", "removed_at",
-               "updated_at"]
+               "updated_at", "last_seen_at"]
 CHANGE_COLUMNS = ["run", "object_type", "external_id", "display_name", "action", "fields", "error", "applied",
                   "created_at"]
 MEMBERSHIP_COLUMNS = ["user", "department", "order", "is_leader", "is_main"]
@@ -131,6 +133,17 @@ def _is_plain(field: models.Field) -> bool:
     return type(field) in _PLAIN_TYPES
 
 
+def _needs_django_insert(model: type[models.Model]) -> bool:
+    """Whether the model has columns our plain INSERT cannot write (a database default, a generated column)."""
+    for f in model._meta.concrete_fields:
+        if getattr(f, "generated", False):
+            return True
+        db_default = getattr(f, "db_default", models.NOT_PROVIDED)
+        if db_default is not models.NOT_PROVIDED:
+            return True
+    return False
+
+
 def _unnest_ok(field: models.Field) -> bool:
     if isinstance(field, models.ForeignKey):
         return type(field.target_field) in (models.AutoField, models.BigAutoField) or _is_plain(field.target_field)
@@ -148,14 +161,27 @@ def insert_instances(
     if not objs:
         return
     connection = connections[router.db_for_write(model)]
-    fields = [f for f in model._meta.concrete_fields if not (f.primary_key and getattr(objs[0], f.attname) is None)]
-    plain = [_is_plain(f) for f in fields]
-    rows = [
-        [getattr(obj, f.attname) if is_plain else f.pre_save(obj, True) for f, is_plain in zip(fields, plain,
-                                                                                              strict=True)]
-        for obj in objs
-    ]
-    _execute_insert(connection, model, fields, rows)
+    if _needs_django_insert(model):
+        # Database defaults, generated columns and the like are SQL that only Django's compiler writes.
+        model._default_manager.using(connection.alias).bulk_create(objs)
+        if all(obj.pk is not None for obj in objs):
+            for obj in objs:
+                obj._state.adding = False
+                obj._state.db = connection.alias
+            return
+    else:
+        fields = [f for f in model._meta.concrete_fields
+                  if not (f.primary_key and getattr(objs[0], f.attname) is None)]
+        plain = [_is_plain(f) for f in fields]
+        rows = [
+            [getattr(obj, f.attname) if is_plain else f.pre_save(obj, True)
+             for f, is_plain in zip(fields, plain, strict=True)]
+            for obj in objs
+        ]
+        if any(hasattr(v, "resolve_expression") for row in rows for v in row):
+            model._default_manager.using(connection.alias).bulk_create(objs)
+        else:
+            _execute_insert(connection, model, fields, rows)
     by_key = {getattr(obj, key): obj for obj in objs}
     for value, pk in model._default_manager.using(connection.alias).filter(
         **(scope or {}), **{f"{key}__in": list(by_key)}
@@ -188,11 +214,26 @@ def load_local_departments(source: SyncSource) -> LocalState:
     return state
 
 
+def user_pk_converter() -> Callable[[Any], Any] | None:
+    """How to turn a raw cursor value of ``ExternalUser.user_id`` into the user model's pk (None: as is).
+
+    ``_stream`` skips Django's converters: a UUID primary key comes back as a string on SQLite, and would
+    never equal the ``pk`` of a user loaded through the ORM.
+    """
+    target = ExternalUser._meta.get_field("user").target_field
+    if isinstance(target, models.IntegerField | models.AutoField):
+        return None
+    return target.to_python
+
+
 def _read_users(state: LocalState, users: Any) -> None:
     user_rows = users.values_list("pk", "userid", "userid_key", "digest", "status", "is_removed", "user_id")
+    convert = user_pk_converter()
     for pk, userid, key, digest, status, removed, user_pk in _stream(user_rows):
         if userid == key:
             userid = key  # one string object instead of two equal ones
+        if convert is not None and user_pk is not None:
+            user_pk = convert(user_pk)
         state.users[key] = LocalUser(pk, userid, key, digest, status, bool(removed), user_pk)
 
 
@@ -434,6 +475,7 @@ class Applier:
             len(plan.department_ops) + len(plan.user_ops) + len(plan.user_removals) + len(plan.department_removals)
         )
         self.apply_departments(plan.department_ops)
+        self.record_department_problems(plan.department_problems)
         if self.mirror_groups and not self.dry_run:
             self.ensure_groups()
         updates = [op for op in plan.user_ops if op.local is not None]
@@ -447,6 +489,16 @@ class Applier:
         pending = hold_removals or self.dry_run
         self.remove_users(plan.user_removals, pending=pending)
         self.remove_departments(plan.department_removals, pending=pending)
+
+    def record_department_problems(self, problems: Sequence[tuple[int, str, str]]) -> None:
+        """Record what the directory reports wrongly about departments (a parent cycle) as failed changes."""
+        if not problems:
+            return
+        batch = _Batch()
+        for dept_id, name, message in problems:
+            self.change(batch, SyncRunChange.ObjectType.DEPARTMENT, dept_id, SyncRunChange.Action.FAILED, name=name,
+                        error=_short(message, 2000), applied=False)
+        self._record_only(batch)
 
     @staticmethod
     def _describe_op(op: UserOp) -> tuple[str, str, str]:
@@ -474,6 +526,7 @@ class Applier:
             pk=pk, source=self.source, department_id=dept.id, remote_parent_id=dept.parent_id, name=dept.name[:255],
             name_en=dept.name_en[:255], order=dept.order, leaders=list(dept.leaders), raw=dict(dept.raw),
             digest=dept.digest, is_removed=False, removed_at=None, updated_at=timezone.now(),
+            last_seen_at=timezone.now(),
         )
 
     def _write_departments(self, ops: Sequence[DepartmentOp], batch: _Batch) -> None:
@@ -604,6 +657,9 @@ class Applier:
         new_pairs: list[tuple[RemoteUser, Any]] = []
         linked: list[tuple[Any, set[str]]] = []
         claimed: set[int] = set()
+        kept = self.kept_active_elsewhere(
+            u.pk for u in links.values() if u is not None and not isinstance(u, LinkError)
+        ) if not self.dry_run else set()
         for remote in remotes:
             found = links.get(remote.key)
             try:
@@ -616,7 +672,7 @@ class Applier:
                 elif found is not None:
                     claimed.add(found.pk)
                     changed = self.adapter.populate_user(found, remote, source=self.source, created=False)
-                    changed |= self._set_active(found, remote)
+                    changed |= self._set_active(found, remote, kept)
                     linked.append((found, changed))
                     out[remote.key] = (found, False)
                 else:
@@ -633,12 +689,64 @@ class Applier:
             self._save_users(linked)
         return out
 
-    def _set_active(self, user: Any, remote: RemoteUser) -> set[str]:
+    def _set_active(self, user: Any, remote: RemoteUser, kept: set[Any] | frozenset[Any] = frozenset()) -> set[str]:
         active = self.adapter.is_active_for_status(remote.status)
         if user.is_active == active or (not active and not self.adapter.can_deactivate(user)):
             return set()
+        if not active and user.pk in kept:
+            return set()  # another source still keeps the account active
         user.is_active = active
         return {"is_active"}
+
+    def active_statuses(self) -> list[int]:
+        """The WeCom statuses that give an active account, per the adapter."""
+        return [s for s in ExternalUser.Status.values if self.adapter.is_active_for_status(s)]
+
+    def kept_active_elsewhere(self, user_pks: Iterable[Any]) -> set[Any]:
+        """The Django users among ``user_pks`` that another source still lists as active members.
+
+        An account shared by several sources stays active while any of them keeps it so (one query).
+        """
+        pks = sorted({pk for pk in user_pks if pk is not None}, key=str)
+        if not pks:
+            return set()
+        return set(
+            ExternalUser.objects.filter(user_id__in=pks, is_removed=False, status__in=self.active_statuses())
+            .exclude(source=self.source)
+            .values_list("user_id", flat=True)
+        )
+
+    def heal_shared_accounts(self) -> None:
+        """Reactivate the accounts this source lists as active that another source's removal deactivated."""
+        if self.dry_run or not self.adapter._has_field("is_active"):
+            return
+        active = self.active_statuses()
+        others = ExternalUser.objects.filter(user_id=models.OuterRef("user_id")).exclude(source=self.source).filter(
+            Q(is_removed=True) | ~Q(status__in=active)
+        )
+        rows = list(
+            ExternalUser.objects.filter(
+                source=self.source, is_removed=False, status__in=active, user__isnull=False,
+                user__is_active=False,
+            ).filter(models.Exists(others)).only("pk", "userid", "name", "user_id")
+        )
+        for batch_rows in chunks(rows, self.batch_size):
+            batch = _Batch()
+            users = {u.pk: u for u in self.user_model._default_manager.filter(pk__in=[e.user_id for e in batch_rows])}
+            with transaction.atomic():
+                for ext in batch_rows:
+                    user = users.get(ext.user_id)
+                    if user is None:
+                        continue
+                    user.is_active = True
+                    self.change(batch, SyncRunChange.ObjectType.USER, ext.userid, SyncRunChange.Action.REACTIVATED,
+                                name=ext.name, fields={"is_active": [False, True]})
+                    batch.signals.append((user_reactivated, {"user": user, "external_user": ext}))
+                self.user_model._default_manager.filter(pk__in=list(users)).update(is_active=True)
+                self._write_changes(batch.changes)
+            self.counters.update(batch.counters)
+            for signal, kwargs in batch.signals:
+                notify(signal, type(self.adapter), source=self.source, run=self.run, **kwargs)
 
     def _save_users(self, users: Sequence[tuple[Any, set[str]]]) -> None:
         changed = [u for u, fields in users if fields]
@@ -689,11 +797,11 @@ class Applier:
         insert_rows(
             ExternalUser,
             ["source", "userid", "userid_key", "user", "account_origin", "name", "status", "raw", "digest",
-             "is_removed", "created_at", "updated_at"],
+             "is_removed", "created_at", "updated_at", "last_seen_at"],
             [
                 (self.source.pk, op.remote.userid, op.key, user.pk,
                  ExternalUser.AccountOrigin.CREATED if created else ExternalUser.AccountOrigin.LINKED,
-                 op.remote.name[:255], op.remote.status, op.remote.raw, op.digest, False, now, now)
+                 op.remote.name[:255], op.remote.status, op.remote.raw, op.digest, False, now, now, now)
                 for op, user, created in rows
             ],
         )
@@ -732,6 +840,10 @@ class Applier:
         if not self.dry_run:
             user_ids = [e.user_id for e in ext_rows.values() if e.user_id]
             users = {u.pk: u for u in self.user_model._default_manager.filter(pk__in=user_ids)}
+        kept = self.kept_active_elsewhere(
+            ext_rows[op.local.pk].user_id for op in ops
+            if op.local.pk in ext_rows and not self.adapter.is_active_for_status(op.remote.status)
+        ) if not self.dry_run else set()
         orphans = [op for op in ops if op.local.pk in ext_rows and ext_rows[op.local.pk].user_id is None]
         orphan_keys = {op.key for op in orphans}
         provisioned = self._provision([op.remote for op in orphans], batch) if orphans else {}
@@ -751,6 +863,10 @@ class Applier:
             fields = diff_fields(ext.raw or {}, op.remote.raw) if op.content_changed else {}
             if op.renamed_from is not None or ext.userid != op.remote.userid:
                 fields["userid"] = [ext.userid, op.remote.userid]
+            if (op.kept and not op.memberships_changed and op.action == "updated" and set(fields) <= PLACEMENT_KEYS
+                    and ext.user_id is not None):
+                # A partial fetch saw only some of the member's departments: nothing of theirs changed.
+                continue
             action = refine_user_action(op.action, fields)
             if op.memberships_changed:
                 fields["memberships"] = {"added": list(op.added), "removed": list(op.removed),
@@ -773,7 +889,7 @@ class Applier:
                         django_fields = self.adapter.populate_user(
                             user, op.remote, source=self.source, created=False
                         )
-                    django_fields |= self._set_active(user, op.remote)
+                    django_fields |= self._set_active(user, op.remote, kept)
                     if django_fields:
                         user_updates.append((user, django_fields))
                     if action == SyncRunChange.Action.DEACTIVATED and user.is_active:
@@ -794,7 +910,7 @@ class Applier:
                 ext.digest = op.digest
                 ext.is_removed = False
                 ext.removed_at = None
-                ext.updated_at = timezone.now()
+                ext.updated_at = ext.last_seen_at = timezone.now()
                 if relink:
                     ext.user_id = user.pk
                 ext_updates.append(ext)
@@ -853,6 +969,7 @@ class Applier:
         exts = {e.pk: e for e in ExternalUser.objects.filter(pk__in=[r.pk for r in rows]).only("pk", "userid", "name")}
         deactivate: list[int] = []
         delete: list[int] = []
+        kept = self.kept_active_elsewhere(users) if policy != SyncSource.RemovalPolicy.IGNORE else set()
         for row in rows:
             user = users.get(row.user_pk) if row.user_pk else None
             ext = exts.get(row.pk)
@@ -860,6 +977,10 @@ class Applier:
             if user is not None and policy != SyncSource.RemovalPolicy.IGNORE and not self.adapter.can_deactivate(user):
                 self.change(batch, SyncRunChange.ObjectType.USER, row.userid, SyncRunChange.Action.SKIPPED,
                             name=name, error=_("Superusers are never deactivated or deleted by the sync."))
+                continue
+            if user is not None and user.pk in kept:
+                self.change(batch, SyncRunChange.ObjectType.USER, row.userid, SyncRunChange.Action.SKIPPED,
+                            name=name, error=_("Another source still lists this member: the account stays active."))
                 continue
             self.change(batch, SyncRunChange.ObjectType.USER, row.userid, action, name=name)
             if user is None or policy == SyncSource.RemovalPolicy.IGNORE:
@@ -950,7 +1071,19 @@ def apply_remote_objects(
         is_active=applier.adapter.is_active_for_status,
     )
     applier.apply(plan)
+    mark_seen(source, user_keys=[u.key for u in users], department_ids=[d.id for d in departments])
     return dict(applier.counters)
+
+
+def mark_seen(source: SyncSource, *, user_keys: Sequence[str] = (), department_ids: Sequence[int] = ()) -> None:
+    """Record that WeCom has just confirmed these objects exist, changed or not (approvals read it)."""
+    now = timezone.now()
+    for keys in chunks(sorted(set(user_keys)), app_settings.BATCH_SIZE):
+        ExternalUser.objects.filter(source=source, userid_key__in=keys, is_removed=False).update(last_seen_at=now)
+    for ids in chunks(sorted(set(department_ids)), app_settings.BATCH_SIZE):
+        ExternalDepartment.objects.filter(source=source, department_id__in=ids, is_removed=False).update(
+            last_seen_at=now
+        )
 
 
 def remove_users(source: SyncSource, run: SyncRun, userids: Sequence[str]) -> dict[str, int]:

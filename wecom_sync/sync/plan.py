@@ -7,8 +7,10 @@ keyed by WeCom ids (department ids, normalised userids); the apply layer maps th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
+
+from django.utils.translation import gettext as _
 
 from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
@@ -20,6 +22,8 @@ MembershipRows = tuple[tuple[int, int, bool, bool], ...]
 #: Raw user keys that only describe where a member sits: a change limited to these is a move.
 MOVE_KEYS = frozenset({"department", "main_department"})
 PLACEMENT_KEYS = MOVE_KEYS | {"order", "is_leader_in_dept"}
+#: Length of the stored department names (``ExternalDepartment.name`` and ``name_en``): compared as stored.
+DEPARTMENT_NAME_LENGTH = 255
 
 
 class LocalDepartment(NamedTuple):
@@ -96,6 +100,8 @@ class UserOp:
     removed: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
     renamed_from: str | None = None
+    #: departments of a partial fetch that were not read: the member's memberships there are kept
+    kept: tuple[int, ...] = ()
 
     @property
     def memberships(self) -> dict[int, MembershipState]:
@@ -117,6 +123,8 @@ class Plan:
     user_removals: list[LocalUser] = field(default_factory=list)
     unchanged_departments: int = 0
     unchanged_users: int = 0
+    #: (department id, name, message) of departments the directory reports wrongly (a parent cycle)
+    department_problems: list[tuple[int, str, str]] = field(default_factory=list)
     removals_allowed: bool = False
     #: local users that count for the removal threshold (not yet removed)
     local_active_users: int = 0
@@ -204,19 +212,71 @@ def local_parent_for(
     return None
 
 
+def as_stored(dept: RemoteDepartment, row: LocalDepartment | None) -> RemoteDepartment:
+    """The department as it will be stored: names cut to their column, an empty name keeping the local one."""
+    name = dept.name or (row.name if row is not None else "")
+    name, name_en = name[:DEPARTMENT_NAME_LENGTH], dept.name_en[:DEPARTMENT_NAME_LENGTH]
+    if name == dept.name and name_en == dept.name_en:
+        return dept
+    return replace(dept, name=name, name_en=name_en)
+
+
+def break_cycles(
+    planned: Mapping[int, int | None], local: Mapping[int, LocalDepartment], *, root_id: int | None
+) -> dict[int, tuple[int, ...]]:
+    """Find the parent cycles of the tree that ``planned`` parents would make; return {breaker: cycle}.
+
+    ``planned`` maps department ids to their new local parent; the others keep their local parent. The
+    breaker of each cycle is its smallest planned department: hung under the root, it ends the loop.
+    """
+    parents: dict[int, int | None] = {d.department_id: d.parent_id for d in local.values() if not d.is_removed}
+    parents.update(planned)
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    out: dict[int, tuple[int, ...]] = {}
+    for start in planned:
+        path: list[int] = []
+        node: int | None = start
+        while node is not None and node in parents and state.get(node) is None:
+            state[node] = 1
+            path.append(node)
+            node = parents[node]
+        if node is not None and state.get(node) == 1:
+            cycle = tuple(path[path.index(node):])
+            candidates = [d for d in cycle if d in planned and d != root_id]
+            if candidates:
+                out[min(candidates)] = cycle
+        for visited in path:
+            state[visited] = 2
+    return out
+
+
 def plan_departments(
     remote: Mapping[int, RemoteDepartment],
     local: Mapping[int, LocalDepartment],
     *,
     root_id: int | None,
     universe: set[int],
+    problems: list[tuple[int, str, str]] | None = None,
 ) -> tuple[list[DepartmentOp], int]:
-    """Return the department operations (parents first) and the number of unchanged departments."""
+    """Return the department operations (parents first) and the number of unchanged departments.
+
+    A parent cycle reported by the API is broken by hanging one of its departments under the root (as an
+    orphan is) and appended to ``problems``.
+    """
     ops: list[DepartmentOp] = []
     unchanged = 0
+    planned = {dept.id: local_parent_for(dept, root_id, universe) for dept in remote.values()}
+    for breaker, cycle in break_cycles(planned, local, root_id=root_id).items():
+        planned[breaker] = root_id if root_id is not None and root_id in universe and root_id != breaker else None
+        if problems is not None:
+            path = " → ".join(str(d) for d in (*cycle, cycle[0]))
+            problems.append((breaker, remote[breaker].name, _(
+                "Parent cycle %(path)s: hung under the root until WeCom reports a valid parent."
+            ) % {"path": path}))
     for dept in remote.values():
-        parent = local_parent_for(dept, root_id, universe)
+        parent = planned[dept.id]
         row = local.get(dept.id)
+        dept = as_stored(dept, row)
         if row is None:
             fields = {"name": [None, dept.name], "parent": [None, parent]}
             ops.append(DepartmentOp(dept.id, "created", dept, None, parent, fields))
@@ -262,8 +322,13 @@ def plan_users(
     *,
     universe: set[int],
     is_active: Callable[[int], bool] = default_is_active,
+    readable: set[int] | None = None,
 ) -> tuple[list[UserOp], int]:
-    """Return the user operations and the number of unchanged users."""
+    """Return the user operations and the number of unchanged users.
+
+    ``readable``: the departments whose members were read (None: all). A membership elsewhere is never
+    removed: a partial fetch cannot tell a member who left a department from one it could not see there.
+    """
     ops: list[UserOp] = []
     unchanged = 0
     local_users = local.users
@@ -276,6 +341,7 @@ def plan_users(
             ops.append(UserOp(key, "created", user, None, digest, True, universe))
             continue
         content_changed = row.digest != digest or row.userid != user.userid
+        kept: tuple[int, ...] = ()
         if local_memberships.get(key, ()) == as_rows(wanted):
             added = removed = changed = ()
         else:
@@ -283,6 +349,12 @@ def plan_users(
             added = tuple(sorted(set(wanted) - set(current)))
             removed = tuple(sorted(set(current) - set(wanted)))
             changed = tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d]))
+            if readable is not None:
+                kept = tuple(d for d in removed if d not in readable)
+                removed = tuple(d for d in removed if d in readable)
+                if kept:
+                    # The main department may be one that was not read: is_main cannot be judged.
+                    changed = tuple(d for d in changed if wanted[d][:2] != current[d][:2])
         if row.is_removed:
             action = "reactivated"
         elif is_active(row.status) and not is_active(user.status):
@@ -296,7 +368,8 @@ def plan_users(
         else:
             unchanged += 1
             continue
-        ops.append(UserOp(key, action, user, row, digest, content_changed, universe, added, removed, changed))
+        ops.append(UserOp(key, action, user, row, digest, content_changed, universe, added, removed, changed,
+                          kept=kept))
     return ops, unchanged
 
 
@@ -323,9 +396,12 @@ def build_plan(
         if not d.is_removed and not (removals_allowed and d.department_id not in departments)
     }
     universe = set(departments) | keep_local
-    dept_ops, dept_unchanged = plan_departments(departments, local.departments, root_id=root_id, universe=universe)
+    problems: list[tuple[int, str, str]] = []
+    dept_ops, dept_unchanged = plan_departments(departments, local.departments, root_id=root_id, universe=universe,
+                                                problems=problems)
     user_ops, user_unchanged = plan_users(users, local, universe=universe, is_active=is_active)
     plan = Plan(
+        department_problems=problems,
         department_ops=dept_ops,
         user_ops=user_ops,
         unchanged_departments=dept_unchanged,
@@ -352,12 +428,16 @@ def build_full_plan(
     root_id: int | None,
     complete: bool,
     is_active: Callable[[int], bool] = default_is_active,
+    readable: set[int] | None = None,
 ) -> tuple[Plan, LocalState]:
     """The plan of a full sync, reading local users chunk by chunk (bounded memory on big directories).
 
     Same result as ``build_plan(..., full=True)`` over the union of the chunks. Returns the plan and a
-    LocalState of the removal candidates only (what ``detect_renames`` needs).
+    LocalState of the removal candidates only (what ``detect_renames`` needs). ``readable`` (a partial
+    fetch): the departments whose members were read; memberships elsewhere are kept (rule 1).
     """
+    if complete:
+        readable = None
     removals_allowed = complete
     keep_local = {
         d.department_id
@@ -365,13 +445,16 @@ def build_full_plan(
         if not d.is_removed and not (removals_allowed and d.department_id not in departments)
     }
     universe = set(departments) | keep_local
-    dept_ops, dept_unchanged = plan_departments(departments, local_departments, root_id=root_id, universe=universe)
-    plan = Plan(department_ops=dept_ops, unchanged_departments=dept_unchanged, removals_allowed=removals_allowed)
+    problems: list[tuple[int, str, str]] = []
+    dept_ops, dept_unchanged = plan_departments(departments, local_departments, root_id=root_id, universe=universe,
+                                                problems=problems)
+    plan = Plan(department_ops=dept_ops, unchanged_departments=dept_unchanged, removals_allowed=removals_allowed,
+                department_problems=problems)
     gone = LocalState()
     seen: set[str] = set()
     for chunk in user_chunks:
         present = {key: users[key] for key in chunk.users if key in users}
-        ops, unchanged = plan_users(present, chunk, universe=universe, is_active=is_active)
+        ops, unchanged = plan_users(present, chunk, universe=universe, is_active=is_active, readable=readable)
         plan.user_ops.extend(ops)
         plan.unchanged_users += unchanged
         seen.update(present)

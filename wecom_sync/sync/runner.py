@@ -87,8 +87,20 @@ class _Heartbeat:
 
 
 def _problems_message(snapshot: Snapshot) -> str:
-    shown = "; ".join(f"{p.scope}: {p.message}" for p in snapshot.problems[:5])
-    more = len(snapshot.problems) - 5
+    # One line per distinct error (with its hint), naming a few of the parts it hit: the same hint
+    # repeated for every department helps nobody.
+    by_error: dict[object, tuple[str, list[str]]] = {}
+    for p in snapshot.problems:
+        key = p.errcode if p.errcode is not None else p.message
+        by_error.setdefault(key, (p.message, []))[1].append(p.scope)
+    parts = []
+    for message, scopes in list(by_error.values())[:5]:
+        where = ", ".join(scopes[:5])
+        if len(scopes) > 5:
+            where += " " + _("(and %(more)d more)") % {"more": len(scopes) - 5}
+        parts.append(f"{where}: {message}")
+    shown = "; ".join(parts)
+    more = len(by_error) - 5
     text = _("%(count)d part(s) of the directory could not be fetched, so nothing was removed: %(shown)s") % {
         "count": len(snapshot.problems),
         "shown": shown,
@@ -96,6 +108,18 @@ def _problems_message(snapshot: Snapshot) -> str:
     if more > 0:
         text += " " + _("(and %(more)d more)") % {"more": more}
     return text
+
+
+def readable_departments(snapshot: Snapshot) -> set[int] | None:
+    """The departments whose members a partial fetch did read (None: the fetch is complete)."""
+    if snapshot.complete:
+        return None
+    unread = set()
+    for problem in snapshot.problems:
+        kind, _sep, ident = problem.scope.partition(":")
+        if kind == "department" and ident.strip().isdigit():
+            unread.add(int(ident))
+    return set(snapshot.departments) - unread
 
 
 def _finish(run: SyncRun, status: str, message: str = "") -> SyncRun:
@@ -192,6 +216,7 @@ def _plan_and_apply(
         root_id=snapshot.root_department_id,
         complete=snapshot.complete,
         is_active=adapter.is_active_for_status,
+        readable=readable_departments(snapshot),
     )
     renames = 0
     if plan.user_removals and any(op.local is None for op in plan.user_ops):
@@ -216,6 +241,7 @@ def _plan_and_apply(
         on_progress=(lambda done, total: progress("apply", done, total)) if progress else None,
     )
     applier.apply(plan, hold_removals=held)
+    applier.heal_shared_accounts()
     counters = dict(sorted(applier.counters.items()))
     counters["departments_unchanged"] = plan.unchanged_departments
     counters["users_unchanged"] = plan.unchanged_users

@@ -1,0 +1,1 @@
+"""User model variant db_default of the matrix."""

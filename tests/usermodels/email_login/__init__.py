@@ -1,0 +1,1 @@
+"""User model variant email_login of the matrix."""

@@ -1,0 +1,1 @@
+"""User model variant generated of the matrix."""

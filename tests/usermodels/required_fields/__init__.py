@@ -1,0 +1,1 @@
+"""User model variant required_fields of the matrix."""

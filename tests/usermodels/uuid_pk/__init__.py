@@ -1,0 +1,1 @@
+"""User model variant uuid_pk of the matrix."""
