@@ -13,6 +13,8 @@ from .fields import EncryptedTextField, Sealed
 from .snapshot import normalize_userid
 
 DEFAULT_API_BASE_URL = "https://qyapi.weixin.qq.com"
+#: What the admin, the run log and the rotation command say when a source's secrets do not decrypt.
+SECRETS_UNREADABLE_MESSAGE = _("stored secrets cannot be decrypted with the configured keys: enter them again")
 
 
 class SyncSource(models.Model):
