@@ -116,6 +116,8 @@ CELERY_BEAT_SCHEDULE = {
 WECOM_SYNC = {
     "ENCRYPTION_KEYS": [k for k in os.environ.get("WECOM_SYNC_ENCRYPTION_KEYS", "").split(",") if k],
     "CALLBACK_BASE_URL": os.environ.get("WECOM_SYNC_CALLBACK_BASE_URL", ""),
+    # WeCom's API host, plus the loopback simulator of the demo (python -m wecom_sync.simulator, wecom_demo).
+    "API_HOSTS": ["qyapi.weixin.qq.com", "127.0.0.1", "localhost"],
 }
 
 LOGGING = {

@@ -99,6 +99,10 @@ class EncryptedTextField(models.TextField):
         # it unbound rather than store it in clear; the rotation command binds it later.
         return secretbox.encrypt(str(value))
 
+    def value_from_object(self, obj: Any) -> Any:
+        """Forms start from an empty value: the plaintext is never a form's initial data."""
+        return ""
+
     def value_to_string(self, obj: Any) -> str:
         """Serialize the ciphertext, never the plaintext."""
         sealed = self.sealed_value(obj)

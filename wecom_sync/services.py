@@ -274,12 +274,26 @@ def run_scheduled_syncs(enqueue: Callable[[SyncRun], Any] | None = None) -> list
     return runs
 
 
+def link_account(external_user: ExternalUser, user: Any) -> ExternalUser:
+    """Link a WeCom member to an existing Django account by an admin's decision (account_origin "manual").
+
+    The sync then treats the account as not its own: it never changes its login field or email (unless
+    ``LINKED_ACCOUNT_FIELDS`` says so) and never deletes it.
+    """
+    external_user.user = user
+    external_user.account_origin = ExternalUser.AccountOrigin.MANUAL
+    external_user.save(update_fields=["user", "account_origin", "updated_at"])
+    logger.info("wecom_sync.user.linked_by_hand", extra={"external_user_id": external_user.pk, "user_id": user.pk})
+    return external_user
+
+
 __all__ = [
     "RunStateError",
     "approve_run",
     "close_stale_runs",
     "due_sources",
     "enqueue_full_sync",
+    "link_account",
     "reject_run",
     "run_full_sync",
     "run_scheduled_syncs",
