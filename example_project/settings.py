@@ -111,6 +111,7 @@ CELERY_BEAT_SCHEDULE = {
     "wecom-sync-scheduled": {"task": "wecom_sync.tasks.run_scheduled_syncs", "schedule": 60.0},
     "wecom-sync-stale-runs": {"task": "wecom_sync.tasks.close_stale_runs", "schedule": 120.0},
     "wecom-sync-requeue-events": {"task": "wecom_sync.tasks.requeue_pending_events", "schedule": 60.0},
+    "wecom-sync-retention": {"task": "wecom_sync.tasks.purge_old_records", "schedule": 3600.0},
 }
 
 WECOM_SYNC = {
