@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 from django.core.cache import caches
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from requests.adapters import HTTPAdapter
 
 from .conf import app_settings
@@ -93,7 +94,9 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f<>]")
 class APIHostNotAllowed(WeComError):
     """The API base URL points at a host that ``WECOM_SYNC["API_HOSTS"]`` does not list."""
 
-    hint = "Use https://qyapi.weixin.qq.com, or add the host to WECOM_SYNC['API_HOSTS'] in the site's settings."
+    hint = gettext_noop(
+        "Use https://qyapi.weixin.qq.com, or add the host to WECOM_SYNC['API_HOSTS'] in the site's settings."
+    )
 
 
 def api_host_allowed(base_url: str) -> bool:
