@@ -147,6 +147,12 @@ def test_dumpdata_carries_ciphertext_and_loaddata_restores_working_secrets(tmp_p
     assert (loaded.secret, loaded.contact_sync_secret, loaded.token, loaded.encoding_aes_key) == (
         APP_SECRET, CONTACT_SECRET, TOKEN, AES_KEY,
     )
+    assert raw_row(source.pk)["secret"] == fields["secret"]  # the ciphertext itself, not re-encrypted
+    # A dump loaded on a site with other keys loads; the source then asks for its secrets again.
+    SyncSource.objects.all().delete()
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["another-site-0123456789abcdef0123456789"]}):
+        call_command("loaddata", str(fixture), stdout=io.StringIO())
+        assert not SyncSource.objects.get(pk=source.pk).secrets_readable
 
 
 @pytest.mark.django_db

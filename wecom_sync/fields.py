@@ -10,6 +10,10 @@ from django.db.models.query_utils import DeferredAttribute
 from .internal import secretbox
 
 
+#: Set on an instance while a raw save (loaddata) writes it: the stored ciphertext is written back as it is.
+RAW_SAVING = "_wecom_sync_raw_saving"
+
+
 class Sealed(str):
     """A stored ciphertext, as read from the database or a fixture: decrypted only when the attribute is read."""
 
@@ -21,7 +25,7 @@ class _EncryptedAttribute(DeferredAttribute):
 
     def __get__(self, instance: Any, cls: Any = None) -> Any:
         value = super().__get__(instance, cls)
-        if instance is not None and isinstance(value, Sealed):
+        if instance is not None and isinstance(value, Sealed) and not instance.__dict__.get(RAW_SAVING):
             return self.field.open(instance, value)
         return value
 
