@@ -9,7 +9,6 @@ from django.db.models.query_utils import DeferredAttribute
 
 from .internal import secretbox
 
-
 #: Set on an instance while a raw save (loaddata) writes it: the stored ciphertext is written back as it is.
 RAW_SAVING = "_wecom_sync_raw_saving"
 
