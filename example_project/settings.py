@@ -120,11 +120,14 @@ CELERY_BEAT_SCHEDULE = {
     "wecom-sync-scheduled": {"task": "wecom_sync.tasks.run_scheduled_syncs", "schedule": 60.0},
     "wecom-sync-stale-runs": {"task": "wecom_sync.tasks.close_stale_runs", "schedule": 120.0},
     "wecom-sync-requeue-events": {"task": "wecom_sync.tasks.requeue_pending_events", "schedule": 60.0},
+    "wecom-sync-retention": {"task": "wecom_sync.tasks.purge_old_records", "schedule": 3600.0},
 }
 
 WECOM_SYNC = {
     "ENCRYPTION_KEYS": [k for k in os.environ.get("WECOM_SYNC_ENCRYPTION_KEYS", "").split(",") if k],
     "CALLBACK_BASE_URL": os.environ.get("WECOM_SYNC_CALLBACK_BASE_URL", ""),
+    # WeCom's API host, plus the loopback simulator of the demo (python -m wecom_sync.simulator, wecom_demo).
+    "API_HOSTS": ["qyapi.weixin.qq.com", "127.0.0.1", "localhost"],
 }
 
 LOGGING = {

@@ -31,6 +31,8 @@ CELERY_TASK_ALWAYS_EAGER = True
 CELERY_BROKER_URL = "memory://"
 WECOM_SYNC = {
     "ENCRYPTION_KEYS": ["tests-encryption-key-1"],
+    # WeCom's host and the loopback simulator (WeComSimulator listens on 127.0.0.1).
+    "API_HOSTS": ["qyapi.weixin.qq.com", "127.0.0.1", "localhost"],
     "API_RETRY_BASE_DELAY": 0.01,
     "API_RETRY_MAX_SECONDS": 5.0,
 }

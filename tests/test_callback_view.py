@@ -116,7 +116,48 @@ def test_url_verification_wrong_receive_id(client, source):
 
 def test_url_verification_unknown_source(client):
     assert client.get("/wecom/callback/nope/", {"msg_signature": "a", "timestamp": "1", "nonce": "2",
-                                                  "echostr": "x"}).status_code == 404
+                                                  "echostr": "x"}).status_code == 403
+
+
+def test_url_verification_is_not_a_decryption_oracle(client, source, caplog):
+    """A captured event's Encrypt replayed as echostr, correctly signed, is not decrypted back."""
+    crypto = WeComCrypto(TOKEN, AES_KEY, source.corp_id)
+    captured = crypto.encrypt(event_xml(UserID="zhangsan", Mobile="13800000000"))
+    params = {"msg_signature": crypto.sign("1700000000", "99", captured), "timestamp": "1700000000",
+              "nonce": "99", "echostr": captured}
+    with caplog.at_level(logging.INFO, logger="wecom_sync"):
+        response = client.get(f"/wecom/callback/{source.slug}/", params)
+    assert response.status_code == 403
+    assert response.content == b""
+    assert "wecom_sync.callback.echostr_not_plain" in log_keys(caplog)
+    for shaped_wrong in ("<b>1</b>", "x" * 200, "a b"):
+        response = client.get(f"/wecom/callback/{source.slug}/", verification_params(source, shaped_wrong))
+        assert response.status_code == 403 and response.content == b""
+
+
+def test_known_and_unknown_slugs_answer_alike_until_the_signature(client, source):
+    params = verification_params(source)
+    params["msg_signature"] = "0" * 40
+    for path in (f"/wecom/callback/{source.slug}/", "/wecom/callback/no-such-slug/"):
+        assert client.get(path).status_code == 400
+        assert client.get(path, params).status_code == 403
+        assert client.post(path, b"<garbage", content_type="text/xml").status_code == 400
+        assert client.post(path + "?msg_signature=a&timestamp=1&nonce=2", b"<garbage",
+                           content_type="text/xml").status_code == 400
+        body, post_params = signed(source, event_xml(UserID="x"))
+        post_params["msg_signature"] = "0" * 40
+        assert post(client, path.split("/")[-2], body, post_params).status_code == 403
+
+
+def test_only_get_post_and_head_are_allowed(client, source):
+    path = f"/wecom/callback/{source.slug}/"
+    response = client.options(path)
+    assert response.status_code == 405
+    assert b"Receive WeCom callbacks" not in response.content
+    assert b"URL verification" not in response.content
+    for method in ("put", "patch", "delete"):
+        assert getattr(client, method)(path).status_code == 405
+    assert client.head(path).status_code == 400  # HEAD is a GET without a body: missing parameters
 
 
 # -- POST: the happy path -------------------------------------------------------------------------------
@@ -252,19 +293,19 @@ def test_logs_hold_no_secret_and_no_payload(client, source, caplog):
         (lambda s: (setattr(s, "encoding_aes_key", "too-short"), s.save()), "source_not_configured"),
     ],
 )
-def test_source_not_found_disabled_or_unconfigured_is_404(client, source, caplog, setup, key):
+def test_source_not_found_disabled_or_unconfigured_is_403(client, source, caplog, setup, key):
     body, params = signed(source, event_xml(UserID="x"))
     setup(source)
     slug = "no-such-source" if key == "unknown_source" else source.slug
     with caplog.at_level(logging.INFO, logger="wecom_sync"):
         response = post(client, slug, body, params)
-    assert response.status_code == 404
+    assert response.status_code == 403
     assert f"wecom_sync.callback.{key}" in log_keys(caplog)
     assert not CallbackEvent.objects.exists()
 
 
-def test_source_is_checked_before_parameters(client):
-    assert post(client, "nope", "<garbage", {}).status_code == 404
+def test_parameters_are_checked_before_the_source(client):
+    assert post(client, "nope", "<garbage", {}).status_code == 400
 
 
 def test_parameters_are_checked_before_the_body(client, source):
@@ -447,3 +488,17 @@ def test_url_verification_survives_an_unencoded_plus(client, source):
     response = client.get(f"/wecom/callback/{source.slug}/?{raw}")
     assert response.status_code == 200
     assert response.content == f"echo-{i}".encode()
+
+
+def test_unreadable_secrets_fail_one_source_with_503(client, source, caplog):
+    """A source whose secrets were written with a key that is gone answers 503; the others keep working."""
+    with wecom_settings(ENCRYPTION_KEYS=["a-key-that-was-lost-0123456789abcdef"]):
+        lost = make_source(slug="lost-keys")
+    body, params = signed(lost, event_xml(UserID="x"))
+    with caplog.at_level(logging.INFO, logger="wecom_sync"):
+        response = post(client, lost, body, params)
+        verification = client.get(f"/wecom/callback/{lost.slug}/", verification_params(lost))
+    assert response.status_code == 503 and verification.status_code == 503
+    assert "wecom_sync.callback.secrets_unreadable" in log_keys(caplog)
+    body, params = signed(source, event_xml(UserID="x"))
+    assert post(client, source, body, params).status_code == 200

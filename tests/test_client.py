@@ -21,6 +21,7 @@ from wecom_sync.simulator import WeComSimulator, generate_organisation
 
 FAST_RETRIES = {
     "ENCRYPTION_KEYS": ["tests-encryption-key-1"],
+    "API_HOSTS": ["qyapi.weixin.qq.com", "127.0.0.1", "localhost"],
     "API_RETRY_BASE_DELAY": 0.01,
     "API_RETRY_MAX_SECONDS": 5.0,
 }

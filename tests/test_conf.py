@@ -33,6 +33,18 @@ def test_missing_encryption_key_warns_outside_debug():
         assert "wecom_sync.W001" not in _ids()
 
 
+def test_short_encryption_keys_are_rejected_outside_debug():
+    long_key = "k" * 32
+    with override_settings(DEBUG=False, WECOM_SYNC={"ENCRYPTION_KEYS": ["a"]}):
+        assert "wecom_sync.E005" in _ids()
+    with override_settings(DEBUG=False, WECOM_SYNC={"ENCRYPTION_KEYS": [long_key, "old-short"]}):
+        assert "wecom_sync.E005" in _ids()
+    with override_settings(DEBUG=False, WECOM_SYNC={"ENCRYPTION_KEYS": [long_key]}):
+        assert "wecom_sync.E005" not in _ids()
+    with override_settings(DEBUG=True, WECOM_SYNC={"ENCRYPTION_KEYS": ["a"]}):
+        assert "wecom_sync.E005" not in _ids()
+
+
 def test_bad_settings_are_errors():
     with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["k"], "ADAPTER": "nope.Missing"}):
         assert "wecom_sync.E002" in _ids()

@@ -386,7 +386,8 @@ def test_rejected_held_run_changes_nothing_and_force_applies(sim, source):
 
 @pytest.mark.django_db
 def test_manual_memberships_groups_and_local_fields_survive(sim, source):
-    with override_settings(WECOM_SYNC={"MIRROR_GROUPS": True, "ENCRYPTION_KEYS": ["tests-encryption-key-1"]}):
+    with override_settings(WECOM_SYNC={"MIRROR_GROUPS": True, "ENCRYPTION_KEYS": ["tests-encryption-key-1"],
+                                       "API_HOSTS": ["127.0.0.1"]}):
         sync(source)
         userid = _first_user(sim)
         ext = ExternalUser.objects.get(source=source, userid=userid)

@@ -39,6 +39,10 @@ class LinkError(Exception):
         self.message = message
 
 
+class LinkRefused(LinkError):
+    """The only candidate for linking is an account the sync must not take over (an admin, by default)."""
+
+
 class DefaultWeComAdapter:
     """Default policy: username from userid, name and email from WeCom, is_active from status."""
 
@@ -180,6 +184,27 @@ class DefaultWeComAdapter:
     def can_deactivate(self, user: Any) -> bool:
         """Whether the sync may deactivate or delete this Django user (never a superuser)."""
         return not getattr(user, "is_superuser", False)
+
+    def can_link(self, user: Any) -> bool:
+        """Whether an existing account may be linked to a WeCom member (never a superuser or staff member).
+
+        Linking hands the account to whoever controls the member in WeCom, so accounts with admin rights are
+        refused; an admin can still link one by hand in the WeCom user's admin page.
+        """
+        return not (getattr(user, "is_superuser", False) or getattr(user, "is_staff", False))
+
+    def protected_fields(self, origin: str) -> set[str]:
+        """Fields of the Django user the sync must not change for an account of this origin.
+
+        The sync owns only accounts it created: on linked and manual accounts the login field and the email
+        stay as they are, unless ``WECOM_SYNC["LINKED_ACCOUNT_FIELDS"]`` lists them.
+        """
+        if origin not in ("linked", "manual"):
+            return set()
+        model = self.get_user_model()
+        aliases = {"username": model.USERNAME_FIELD, "email": model.get_email_field_name()}
+        allowed = {aliases.get(name, name) for name in app_settings.LINKED_ACCOUNT_FIELDS}
+        return {model.USERNAME_FIELD, model.get_email_field_name()} - allowed
 
     def new_user(self, source: SyncSource, remote: RemoteUser) -> Any:
         """Return a new, unsaved Django user for a WeCom member (the username is assigned afterwards)."""

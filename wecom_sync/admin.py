@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -18,8 +20,9 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from .forms import SyncSourceForm, mask
+from .forms import SECRET_FIELDS, SyncSourceForm, mask
 from .models import (
+    SECRETS_UNREADABLE_MESSAGE,
     CallbackEvent,
     ExternalDepartment,
     ExternalMembership,
@@ -55,6 +58,32 @@ def badge(status: str, label: str) -> str:
     )
 
 
+def log_action(request: HttpRequest, obj: Any, message: str) -> None:
+    """Record an admin action on ``obj`` in the admin history (LogEntry), with the acting user."""
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    user = getattr(request, "user", None)
+    if user is None or not getattr(user, "pk", None):
+        return
+    if hasattr(LogEntry.objects, "log_actions"):  # Django 5.1+
+        LogEntry.objects.log_actions(user.pk, [obj], CHANGE, change_message=message, single_object=True)
+    else:
+        content_type = ContentType.objects.get_for_model(type(obj))
+        LogEntry.objects.log_action(
+            user_id=user.pk, content_type_id=content_type.pk, object_id=obj.pk, object_repr=str(obj)[:200],
+            action_flag=CHANGE, change_message=message,
+        )
+
+
+def object_or_404(model: Any, pk: Any) -> Any:
+    """Return the row with this primary key, or raise Http404 for a missing or malformed id (never a 500)."""
+    try:
+        return model._default_manager.get(pk=pk)
+    except (model.DoesNotExist, ValueError, TypeError, ValidationError, OverflowError) as exc:
+        raise Http404 from exc
+
+
 class RunSyncPermissionMixin:
     """Adds the ``run_sync`` permission check used by actions that start work."""
 
@@ -86,7 +115,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     form = SyncSourceForm
     change_form_template = "admin/wecom_sync/syncsource/change_form.html"
-    list_display = ("name", "slug", "corp_id", "enabled", "fetch_strategy", "last_synced_at", "last_run")
+    list_display = ("name", "slug", "corp_id", "enabled", "fetch_strategy", "last_synced_at", "last_run",
+                    "secrets_state")
     list_filter = ("enabled",)
     search_fields = ("name", "slug", "corp_id")
     prepopulated_fields = {"slug": ("name",)}
@@ -124,6 +154,11 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
         ]
         if obj is not None:
             fieldsets.append((_("Status"), {"fields": ["recent_runs", "secrets_status", "last_synced_at"]}))
+        if obj is not None and not self.has_change_permission(request, obj):
+            # Read-only view: the secrets appear only masked, in "stored secrets"; never as fields.
+            hidden = set(SECRET_FIELDS) | {f"clear_{name}" for name in SECRET_FIELDS}
+            fieldsets = [(title, {**opts, "fields": [f for f in opts["fields"] if f not in hidden]})
+                         for title, opts in fieldsets]
         return fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple:
@@ -142,7 +177,16 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
 
     def render_change_form(self, request: HttpRequest, context: dict, *args: Any, **kwargs: Any) -> Any:
         context["can_run_sync"] = can_run_sync(request)
+        obj = kwargs.get("obj")
+        if obj is not None and request.method == "GET" and not obj.secrets_readable:
+            self.message_user(request, SECRETS_UNREADABLE_MESSAGE, messages.ERROR)
         return super().render_change_form(request, context, *args, **kwargs)
+
+    @admin.display(description=_("secrets"))
+    def secrets_state(self, obj: SyncSource) -> str:
+        if obj.secrets_readable:
+            return "✔"
+        return format_html('<span class="wecom-bad">{}</span>', SECRETS_UNREADABLE_MESSAGE)
 
     @admin.display(description=_("callback URL"))
     def callback_url(self, obj: SyncSource | None) -> str:
@@ -159,6 +203,8 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     def secrets_status(self, obj: SyncSource | None) -> str:
         if obj is None:
             return "-"
+        if not obj.secrets_readable:
+            return format_html('<span class="wecom-bad">{}</span>', SECRETS_UNREADABLE_MESSAGE)
         return format_html(
             "Secret: {} · {}: {} · Token: {} · EncodingAESKey: {}",
             mask(obj.secret), gettext("contact-sync secret"), mask(obj.contact_sync_secret),
@@ -203,6 +249,12 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
             runs.append(services.enqueue_full_sync(source, dry_run=dry_run, trigger="manual", requested_by=user))
         return runs
 
+    def _log_started(self, request: HttpRequest, runs: list[SyncRun]) -> None:
+        for run in runs:
+            message = (gettext("Started a dry run (run #%(run)s).") if run.kind == SyncRun.Kind.DRY_RUN
+                       else gettext("Started a sync (run #%(run)s).")) % {"run": run.pk}
+            log_action(request, run.source, message)
+
     def _report_started(self, request: HttpRequest, runs: list[SyncRun], skipped: int) -> None:
         if runs:
             self.message_user(request, ngettext(
@@ -216,11 +268,13 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     @admin.action(description=_("Sync now"), permissions=["run_sync"])
     def sync_now_action(self, request: HttpRequest, queryset: QuerySet) -> None:
         runs = self.start_runs(queryset, dry_run=False, user=request.user)
+        self._log_started(request, runs)
         self._report_started(request, runs, queryset.count() - len(runs))
 
     @admin.action(description=_("Dry run (plan only)"), permissions=["run_sync"])
     def dry_run_action(self, request: HttpRequest, queryset: QuerySet) -> None:
         runs = self.start_runs(queryset, dry_run=True, user=request.user)
+        self._log_started(request, runs)
         self._report_started(request, runs, queryset.count() - len(runs))
 
     @admin.action(description=_("Test connection"), permissions=["run_sync"])
@@ -258,6 +312,7 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
 
     def _start_and_redirect(self, request: HttpRequest, queryset: QuerySet, *, dry_run: bool) -> HttpResponse:
         runs = self.start_runs(queryset, dry_run=dry_run, user=request.user)
+        self._log_started(request, runs)
         if not runs:
             self.message_user(request, gettext("This source is disabled; enable it first."), messages.ERROR)
             return HttpResponseRedirect(reverse("admin:wecom_sync_syncsource_change", args=[queryset[0].pk]))
@@ -385,7 +440,7 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
                     extra_context: dict | None = None) -> HttpResponse:
-        run = get_object_or_404(SyncRun, pk=object_id)
+        run = object_or_404(SyncRun, object_id)
         changes = run.changes.all()
         action = request.GET.get("action", "")
         object_type = request.GET.get("object_type", "")
@@ -425,6 +480,7 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
             except services.RunStateError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
+                log_action(request, run, gettext("Approved the held removals."))
                 self.message_user(request, gettext("Approved: the held removals are being applied."),
                                   messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
@@ -442,6 +498,7 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
             except services.RunStateError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
+                log_action(request, run, gettext("Rejected the held removals."))
                 self.message_user(request, gettext("Rejected: nobody was removed."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
 
@@ -457,6 +514,8 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
             return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
         new_run = services.enqueue_full_sync(run.source, dry_run=run.kind == SyncRun.Kind.DRY_RUN,
                                              trigger="retry", requested_by=request.user)
+        log_action(request, run, gettext("Retried as run #%(run)s.") % {"run": new_run.pk})
+        log_action(request, run.source, gettext("Started a sync (run #%(run)s).") % {"run": new_run.pk})
         self.message_user(request, gettext("Queued a new run."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[new_run.pk]))
 
@@ -552,15 +611,97 @@ class MembershipInline(admin.TabularInline):
     max_num = 0
 
 
+class ManualLinkForm(forms.Form):
+    """Choose the existing account a WeCom member is linked to, by its login name."""
+
+    username = forms.CharField(label=_("Django account (login name)"), max_length=254)
+
+    def __init__(self, *args: Any, external_user: ExternalUser, acting_user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.external_user = external_user
+        self.acting_user = acting_user
+
+    def clean_username(self) -> Any:
+        model = get_user_model()
+        value = self.cleaned_data["username"].strip()
+        user = model._default_manager.filter(**{model.USERNAME_FIELD: value}).first()
+        if user is None:
+            raise forms.ValidationError(_("No account has this login name."), code="no_user")
+        taken = ExternalUser.objects.filter(source_id=self.external_user.source_id, user=user).exclude(
+            pk=self.external_user.pk)
+        if taken.exists():
+            raise forms.ValidationError(_("This account is already linked to another member of this source."),
+                                        code="taken")
+        if (user.is_superuser or user.is_staff) and not self.acting_user.is_superuser:
+            # Linking hands the account to whoever controls the member in WeCom: only a superuser may do
+            # that for an account with admin rights.
+            raise forms.ValidationError(_("Only a superuser can link an account with administrator rights."),
+                                        code="admin_account")
+        return user
+
+
 @admin.register(ExternalUser)
 class ExternalUserAdmin(ReadOnlyAdmin):
-    list_display = ("userid", "name", "source", "status", "django_user", "is_removed", "updated_at")
-    list_filter = ("source", "status", "is_removed")
+    list_display = ("userid", "name", "source", "status", "django_user", "account_origin", "is_removed",
+                    "updated_at")
+    list_filter = ("source", "status", "is_removed", "account_origin")
     search_fields = ("userid", "name", "user__username", "user__email")
     list_select_related = ("source", "user")
     exclude = ("raw",)
-    readonly_fields = ("django_user",)
+    readonly_fields = ("django_user", "link_by_hand")
     inlines = [MembershipInline]
+
+    @staticmethod
+    def can_link_by_hand(request: HttpRequest) -> bool:
+        """Whether the user may link a member to an account by hand (the change_externaluser permission)."""
+        return bool(request.user.is_active and request.user.has_perm("wecom_sync.change_externaluser"))
+
+    @admin.display(description=_("link by hand"))
+    def link_by_hand(self, obj: ExternalUser) -> str:
+        request = _current_request.get()
+        if obj.pk is None or request is None or not self.can_link_by_hand(request):
+            return "-"
+        url = reverse("admin:wecom_sync_externaluser_link", args=[obj.pk])
+        return format_html('<a class="button" href="{}">{}</a>', url, gettext("Link to an account by hand"))
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        token = _current_request.set(request)
+        try:
+            response = super().changeform_view(request, *args, **kwargs)
+            if hasattr(response, "render") and not getattr(response, "is_rendered", True):
+                response.render()
+            return response
+        finally:
+            _current_request.reset(token)
+
+    def get_urls(self) -> list:
+        return [
+            path("<path:object_id>/link/", self.admin_site.admin_view(self.link_view),
+                 name="wecom_sync_externaluser_link"),
+        ] + super().get_urls()
+
+    def link_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        from . import services
+
+        if not self.can_link_by_hand(request):
+            raise PermissionDenied
+        ext = object_or_404(ExternalUser, object_id)
+        form = ManualLinkForm(request.POST or None, external_user=ext, acting_user=request.user)
+        if request.method == "POST" and form.is_valid():
+            user = form.cleaned_data["username"]
+            previous = ext.user.get_username() if ext.user_id else "-"
+            services.link_account(ext, user)
+            log_action(request, ext, gettext("Linked by hand to the account %(user)s (before: %(old)s).")
+                       % {"user": user.get_username(), "old": previous})
+            self.message_user(request, gettext("Linked."), messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:wecom_sync_externaluser_change", args=[ext.pk]))
+        return TemplateResponse(request, "admin/wecom_sync/externaluser/link.html", {
+            **self.admin_site.each_context(request),
+            "title": gettext("Link %(member)s to an account by hand") % {"member": ext},
+            "form": form,
+            "external_user": ext,
+            "opts": self.model._meta,
+        })
 
     @admin.display(description=_("Django user"), ordering="user__username")
     def django_user(self, obj: ExternalUser) -> str:
@@ -602,7 +743,10 @@ class CallbackEventAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
 
     @admin.action(description=_("Reprocess the selected events"), permissions=["run_sync"])
     def reprocess_action(self, request: HttpRequest, queryset: QuerySet) -> None:
+        events = list(queryset)
         count = self.reprocess(queryset)
+        for event in events:
+            log_action(request, event, gettext("Reprocessed."))
         self.message_user(request, ngettext(
             "Queued %(count)d event again.", "Queued %(count)d events again.", count) % {"count": count},
             messages.SUCCESS)

@@ -27,6 +27,28 @@ def check_encryption_key(app_configs: Any = None, **kwargs: Any) -> list:
     ]
 
 
+#: Shortest ENCRYPTION_KEYS entry accepted outside DEBUG (a key is hashed, so length stands for entropy).
+MIN_KEY_LENGTH = 32
+
+
+@register(Tags.security)
+def check_encryption_key_length(app_configs: Any = None, **kwargs: Any) -> list:
+    """Outside DEBUG, every ENCRYPTION_KEYS entry must be a long random string."""
+    if settings.DEBUG:
+        return []
+    short = [i for i, key in enumerate(app_settings.ENCRYPTION_KEYS) if len(str(key)) < MIN_KEY_LENGTH]
+    if not short:
+        return []
+    return [
+        Error(
+            _("WECOM_SYNC['ENCRYPTION_KEYS'] has keys shorter than %(n)d characters (positions %(pos)s).")
+            % {"n": MIN_KEY_LENGTH, "pos": ", ".join(str(i) for i in short)},
+            hint=_("Generate one with: python -c \"import secrets; print(secrets.token_urlsafe(48))\""),
+            id="wecom_sync.E005",
+        )
+    ]
+
+
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     """Validate the shape of WECOM_SYNC values."""

@@ -8,6 +8,7 @@ messages, and urllib3's debug log of request lines is redacted (see ``redact``).
 from __future__ import annotations
 
 import hashlib
+import json as jsonlib
 import logging
 import math
 import random
@@ -18,10 +19,12 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from django.core.cache import caches
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from requests.adapters import HTTPAdapter
 
 from .conf import app_settings
@@ -84,6 +87,52 @@ def new_session(pool_size: int | None = None) -> requests.Session:
     return session
 
 
+#: Longest errmsg from the API kept in an error (and so in run messages that view-only users read).
+ERRMSG_MAX_CHARS = 200
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f<>]")
+
+
+class APIHostNotAllowed(WeComError):
+    """The API base URL points at a host that ``WECOM_SYNC["API_HOSTS"]`` does not list."""
+
+    hint = gettext_noop(
+        "Use https://qyapi.weixin.qq.com, or add the host to WECOM_SYNC['API_HOSTS'] in the site's settings."
+    )
+
+
+def api_host_allowed(base_url: str) -> bool:
+    """Whether ``base_url`` is an http(s) URL, without credentials, query or fragment, on an allowed host.
+
+    ``WECOM_SYNC["API_HOSTS"]`` entries are a host name (any port) or ``host:port``.
+    """
+    try:
+        parts = urlsplit(base_url or "")
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return False
+    if parts.query or parts.fragment:
+        return False
+    host = parts.hostname.lower().rstrip(".")
+    allowed = app_settings.API_HOSTS
+    return host in allowed or (port is not None and f"{host}:{port}" in allowed)
+
+
+def check_api_base_url(base_url: str) -> None:
+    """Raise APIHostNotAllowed unless ``base_url`` may receive this site's secrets and tokens."""
+    if not api_host_allowed(base_url):
+        raise APIHostNotAllowed(
+            _("The API base URL is not on an allowed host: no secret or token is sent there.")
+        )
+
+
+def clean_errmsg(value: Any) -> str:
+    """A remote errmsg made safe to show: one line, no markup characters, at most ERRMSG_MAX_CHARS."""
+    text = _UNPRINTABLE.sub(" ", str(value or "")).strip()
+    return text[: ERRMSG_MAX_CHARS - 1] + "…" if len(text) > ERRMSG_MAX_CHARS else text
+
+
 def _transport_error(message: str, *, retryable: bool, status_code: int | None = None) -> WeComTransportError:
     error = WeComTransportError(message)
     error.retryable = retryable  # type: ignore[attr-defined]
@@ -107,11 +156,13 @@ class WeComClient:
         self.corp_id = corp_id
         self._secret = secret
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        check_api_base_url(self.base_url)
         self.cache_alias = cache_alias or app_settings.TOKEN_CACHE_ALIAS
         self.timeout = timeout if timeout is not None else app_settings.API_TIMEOUT
         self._owns_session = session is None
         self.session = session if session is not None else new_session()
-        digest = hashlib.sha256(f"{corp_id}\n{secret}".encode()).hexdigest()[:40]
+        # The base URL is part of the key: a token fetched from one host is never sent to another.
+        digest = hashlib.sha256(f"{corp_id}\n{secret}\n{self.base_url}".encode()).hexdigest()[:40]
         self._token_key = f"wecom_sync:token:{corp_id}:{digest}"
         self._token: tuple[str, float] | None = None  # (token, refresh at) memoised from the cache
         self._calls_lock = threading.Lock()
@@ -231,9 +282,27 @@ class WeComClient:
         if token is not None:
             query["access_token"] = token
         url = f"{self.base_url}/cgi-bin/{api}"
+        check_api_base_url(self.base_url)  # the setting may have changed since the client was made
         self._count_call()
+        limit = app_settings.API_MAX_RESPONSE_BYTES
         try:
-            response = self.session.request(method, url, params=query, json=body, timeout=self.timeout)
+            # No redirects: a redirect would carry the secret or the token to wherever it points.
+            response = self.session.request(method, url, params=query, json=body, timeout=self.timeout,
+                                            allow_redirects=False, stream=True)
+            try:
+                declared = int(response.headers.get("Content-Length") or 0)
+            except ValueError:
+                declared = 0
+            received: list[bytes] = []
+            size = 0
+            if declared <= limit:
+                for chunk in response.iter_content(64 * 1024):
+                    received.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        break
+            content = b"".join(received)
+            response.close()
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _transport_error(
                 _("WeCom could not be reached for %(api)s at %(host)s (%(error)s).")
@@ -246,6 +315,20 @@ class WeComClient:
                 retryable=False,
             ) from None
         status = response.status_code
+        if declared > limit or len(content) > limit:
+            raise _transport_error(
+                _("WeCom's answer to %(api)s is larger than %(limit)d bytes; it was refused.")
+                % {"api": api, "limit": limit},
+                retryable=False,
+                status_code=status,
+            )
+        if 300 <= status < 400:
+            raise _transport_error(
+                _("WeCom answered %(api)s with a redirect (HTTP %(status)s); redirects are not followed.")
+                % {"api": api, "status": status},
+                retryable=False,
+                status_code=status,
+            )
         if status != 200:
             raise _transport_error(
                 _("WeCom answered HTTP %(status)s for %(api)s.") % {"status": status, "api": api},
@@ -253,7 +336,7 @@ class WeComClient:
                 status_code=status,
             )
         try:
-            data = response.json()
+            data = jsonlib.loads(content.decode(response.encoding or "utf-8", "replace"))
         except ValueError:
             data = None
         if not isinstance(data, dict):
@@ -291,7 +374,7 @@ class WeComClient:
                     errcode = -1
                 if errcode == 0:
                     return data
-                failure = WeComAPIError(errcode, str(data.get("errmsg") or ""), api=api)
+                failure = WeComAPIError(errcode, clean_errmsg(data.get("errmsg")), api=api)
                 if with_token and errcode in TOKEN_ERRCODES and not token_retried:
                     token_retried = True
                     logger.info("wecom_sync.client.token_rejected", extra={"api": api, "errcode": errcode})

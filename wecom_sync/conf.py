@@ -35,6 +35,18 @@ DEFAULTS: dict[str, Any] = {
     "NOT_ACTIVATED_USERS_ACTIVE": True,
     # Fields used to link an existing Django user on first sight: any of "email", "mobile", "username".
     "LINK_EXISTING_BY": ["email"],
+    # On accounts the sync linked or an admin linked by hand, the sync never changes the login field or the
+    # email, unless listed here ("username" and "email" name the user model's login and email fields).
+    "LINKED_ACCOUNT_FIELDS": [],
+    # Hosts (host or host:port) that a source's API base URL may point at. WeCom's API host only by default;
+    # the example project and the tests add the loopback simulator.
+    "API_HOSTS": ["qyapi.weixin.qq.com"],
+    # Larger API response bodies are refused (a misconfigured or hostile host cannot fill the memory).
+    "API_MAX_RESPONSE_BYTES": 16 * 1024 * 1024,
+    # Applied and ignored callback events older than this many days are deleted by the periodic task.
+    "EVENT_RETENTION_DAYS": 30,
+    # The change rows of runs finished more than this many days ago are deleted (the run and its counters stay).
+    "RUN_CHANGES_RETENTION_DAYS": 180,
     # Mirror each WeCom department as a Django Group of the same name (only groups we created are touched).
     "MIRROR_GROUPS": False,
     # A running sync with no heartbeat for this many seconds is closed as failed by the stale-run task.
@@ -123,6 +135,29 @@ class AppSettings:
         return list(self._get("LINK_EXISTING_BY") or [])
 
     @property
+    def LINKED_ACCOUNT_FIELDS(self) -> list[str]:  # noqa: N802
+        return list(self._get("LINKED_ACCOUNT_FIELDS") or [])
+
+    @property
+    def API_HOSTS(self) -> list[str]:  # noqa: N802
+        value = self._get("API_HOSTS") or []
+        if isinstance(value, str):
+            value = [value]
+        return [str(h).strip().lower() for h in value if str(h).strip()]
+
+    @property
+    def API_MAX_RESPONSE_BYTES(self) -> int:  # noqa: N802
+        return max(1024, int(self._get("API_MAX_RESPONSE_BYTES")))
+
+    @property
+    def EVENT_RETENTION_DAYS(self) -> int:  # noqa: N802
+        return max(1, int(self._get("EVENT_RETENTION_DAYS")))
+
+    @property
+    def RUN_CHANGES_RETENTION_DAYS(self) -> int:  # noqa: N802
+        return max(1, int(self._get("RUN_CHANGES_RETENTION_DAYS")))
+
+    @property
     def MIRROR_GROUPS(self) -> bool:  # noqa: N802
         return bool(self._get("MIRROR_GROUPS"))
 
@@ -180,6 +215,6 @@ def register_cache(cache: dict) -> dict:
 
 @receiver(setting_changed)
 def _reload(sender: Any, setting: str, **kwargs: Any) -> None:
-    if setting in ("WECOM_SYNC", "SECRET_KEY"):
+    if setting in ("WECOM_SYNC", "SECRET_KEY", "SECRET_KEY_FALLBACKS"):
         for cache in _caches:
             cache.clear()

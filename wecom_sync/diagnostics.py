@@ -54,8 +54,18 @@ def probe_source(source: Any) -> ProbeReport:
 
     report = ProbeReport()
     root = int(source.root_department_id or 1)
-    app = WeComClient.from_source(source, credential="app") if source.secret else None
-    contact = WeComClient.from_source(source, credential="contact_sync") if source.contact_sync_secret else None
+    from .internal.secretbox import SecretDecryptionError
+    from .models import SECRETS_UNREADABLE_MESSAGE
+
+    try:
+        app = WeComClient.from_source(source, credential="app") if source.secret else None
+        contact = WeComClient.from_source(source, credential="contact_sync") if source.contact_sync_secret else None
+    except SecretDecryptionError:
+        report.steps.append(ProbeStep(_("Stored secrets"), False, str(SECRETS_UNREADABLE_MESSAGE), None, ""))
+        return report
+    except WeComError as exc:  # e.g. an API base URL outside WECOM_SYNC["API_HOSTS"]
+        report.steps.append(_failed(_("API base URL"), exc))
+        return report
 
     departments: list[dict] = []
     if app is not None:

@@ -9,9 +9,11 @@ import django
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from .client import api_host_allowed
+from .conf import app_settings
 from .crypto import decode_aes_key, is_valid_token
 from .exceptions import InvalidKeyError
-from .models import SyncSource
+from .models import SECRETS_UNREADABLE_MESSAGE, SyncSource
 
 CORP_ID_RE = re.compile(r"^w[wx][A-Za-z0-9]{8,30}$")
 SECRET_FIELDS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
@@ -40,7 +42,9 @@ class SyncSourceForm(forms.ModelForm):
 
     api_base_url = forms.URLField(
         label=SyncSource._meta.get_field("api_base_url").verbose_name,
-        help_text=SyncSource._meta.get_field("api_base_url").help_text,
+        help_text=_("Leave as is unless you use a private deployment, a proxy or the bundled simulator. Changing "
+                    "it (or the Corp ID) requires entering every secret again: stored secrets are never sent to "
+                    "a new address."),
         initial=SyncSource._meta.get_field("api_base_url").default,
         **({"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}),
     )
@@ -72,19 +76,59 @@ class SyncSourceForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._stored = {name: getattr(self.instance, name, "") or "" for name in SECRET_FIELDS}
+        #: Stored secrets that cannot be decrypted with the configured keys (they must be entered again).
+        self.unreadable = {
+            name for name in SECRET_FIELDS if not SyncSource._meta.get_field(name).is_readable(self.instance)
+        }
+        self._stored = {
+            name: "" if name in self.unreadable else (getattr(self.instance, name, "") or "") for name in SECRET_FIELDS
+        }
+        self._had = {name: bool(self.instance.__dict__.get(name)) for name in SECRET_FIELDS}
         editing = self.instance.pk is not None
         for name in SECRET_FIELDS:
-            field = self.fields[name]
+            field = self.fields.get(name)
+            if field is None:  # a read-only view of the form
+                continue
             field.required = False
             field.strip = True
-            if editing:
+            if editing and name in self.unreadable:
+                field.help_text = f"{SECRETS_UNREADABLE_MESSAGE}. {field.help_text or ''}"
+            elif editing:
                 field.help_text = _("Stored: %(mask)s. Leave blank to keep it. %(help)s") % {
                     "mask": mask(self._stored[name]), "help": field.help_text or "",
                 }
         if not editing:
             for name in CLEARABLE:
-                self.fields.pop(f"clear_{name}")
+                self.fields.pop(f"clear_{name}", None)
+
+    def _field_changed(self, name: str) -> bool:
+        return name in self.fields and self[name]._has_changed()
+
+    @property
+    def changed_data(self) -> list[str]:  # type: ignore[override]
+        """Changed fields; a secret counts only when its value really changed (never for a blank "keep")."""
+        final = getattr(self, "_final_secrets", None)
+        names = []
+        for name in self.fields:
+            if name.startswith("clear_"):
+                continue
+            if name in SECRET_FIELDS:
+                if final is not None and (final[name] != self._stored[name] or name in self.unreadable):
+                    names.append(name)
+            elif self._field_changed(name):
+                names.append(name)
+        return names
+
+    def clean_api_base_url(self) -> str:
+        value = (self.cleaned_data.get("api_base_url") or "").strip().rstrip("/")
+        if value and not api_host_allowed(value):
+            raise forms.ValidationError(
+                _("This host is not allowed for the WeCom API. Allowed: %(hosts)s (the site's "
+                  "WECOM_SYNC['API_HOSTS'] setting). The URL may have a path but no user, query or fragment.")
+                % {"hosts": ", ".join(app_settings.API_HOSTS) or "-"},
+                code="api_host",
+            )
+        return value
 
     def _new_or_stored(self, name: str) -> str:
         value = self.cleaned_data.get(name) or ""
@@ -145,6 +189,21 @@ class SyncSourceForm(forms.ModelForm):
     def clean(self) -> dict:
         cleaned = super().clean()
         final = {name: self._new_or_stored(name) for name in SECRET_FIELDS}
+        if self.instance.pk is not None:
+            moved = [n for n in ("api_base_url", "corp_id") if self._field_changed(n)]
+            for name in SECRET_FIELDS:
+                entered = bool(self.cleaned_data.get(name)) or bool(self.cleaned_data.get(f"clear_{name}"))
+                if entered or not self._had[name] or name not in self.fields:
+                    continue
+                if moved:
+                    # Stored secrets are bound to the address they were entered for: an admin who can edit
+                    # the source but does not know its secrets must not redirect them to a host of their own.
+                    self.add_error(name, forms.ValidationError(
+                        _("You changed the API base URL or the Corp ID: enter this secret again (stored "
+                          "secrets are never sent to a new address)."), code="reenter_secret",
+                    ))
+                elif name in self.unreadable:
+                    self.add_error(name, forms.ValidationError(SECRETS_UNREADABLE_MESSAGE, code="unreadable"))
         if not final["secret"] and not final["contact_sync_secret"]:
             self.add_error("secret", forms.ValidationError(
                 _("Enter the Secret of the self-built app (and optionally the contact-sync secret)."),

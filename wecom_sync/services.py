@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .conf import app_settings
-from .models import ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
+from .models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from .signals import notify, sync_finished
 from .snapshot import normalize_userid
 from .sync import lock, runner
@@ -310,12 +310,61 @@ def run_scheduled_syncs(enqueue: Callable[[SyncRun], Any] | None = None) -> list
     return runs
 
 
+def _delete_in_batches(queryset: Any, size: int) -> int:
+    """Delete the rows of ``queryset`` a batch of primary keys at a time (short transactions, bounded memory)."""
+    deleted = 0
+    model = queryset.model
+    while True:
+        pks = list(queryset.values_list("pk", flat=True)[:size])
+        if not pks:
+            return deleted
+        count, _per_model = model._default_manager.filter(pk__in=pks).delete()
+        deleted += count
+
+
+def purge_old_records(now: Any = None) -> dict[str, int]:
+    """Delete applied or ignored callback events older than EVENT_RETENTION_DAYS and the change rows of runs
+    finished more than RUN_CHANGES_RETENTION_DAYS ago. Failed and pending events, held runs and every run's
+    own row (its counters) are kept. Returns how many rows of each kind were deleted."""
+    now = now or timezone.now()
+    size = app_settings.BATCH_SIZE
+    events = CallbackEvent.objects.filter(
+        status__in=[CallbackEvent.Status.APPLIED, CallbackEvent.Status.IGNORED],
+        received_at__lt=now - timedelta(days=app_settings.EVENT_RETENTION_DAYS),
+    )
+    old_runs = SyncRun.objects.filter(
+        status__in=SyncRun.FINISHED, finished_at__lt=now - timedelta(days=app_settings.RUN_CHANGES_RETENTION_DAYS)
+    )
+    result = {
+        "events": _delete_in_batches(events.order_by(), size),
+        "run_changes": _delete_in_batches(SyncRunChange.objects.filter(run__in=old_runs.values("pk")).order_by(),
+                                          size),
+    }
+    logger.info("wecom_sync.retention.purged", extra=result)
+    return result
+
+
+def link_account(external_user: ExternalUser, user: Any) -> ExternalUser:
+    """Link a WeCom member to an existing Django account by an admin's decision (account_origin "manual").
+
+    The sync then treats the account as not its own: it never changes its login field or email (unless
+    ``LINKED_ACCOUNT_FIELDS`` says so) and never deletes it.
+    """
+    external_user.user = user
+    external_user.account_origin = ExternalUser.AccountOrigin.MANUAL
+    external_user.save(update_fields=["user", "account_origin", "updated_at"])
+    logger.info("wecom_sync.user.linked_by_hand", extra={"external_user_id": external_user.pk, "user_id": user.pk})
+    return external_user
+
+
 __all__ = [
     "RunStateError",
     "approve_run",
     "close_stale_runs",
     "due_sources",
     "enqueue_full_sync",
+    "link_account",
+    "purge_old_records",
     "reject_run",
     "run_full_sync",
     "run_scheduled_syncs",

@@ -56,3 +56,9 @@ def process_callback_event(event_id: int) -> str | None:
 def requeue_pending_events() -> int:
     """Re-enqueue pending events that were never sent or are due a retry (periodic, every minute)."""
     return events.requeue_pending_events()
+
+
+@shared_task(name="wecom_sync.tasks.purge_old_records", ignore_result=True)
+def purge_old_records() -> dict[str, int]:
+    """Delete old applied/ignored events and old runs' change rows (periodic, hourly; see the retention settings)."""
+    return services.purge_old_records()

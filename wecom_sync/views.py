@@ -4,11 +4,17 @@ The receiver checks a request in a fixed order; each failure has its own status 
 log key (``wecom_sync.callback.<reason>``). Only a database failure answers 500, so that WeCom retries;
 no malformed, hostile or forged input can. An accepted event is stored before it is acknowledged, and
 its processing is scheduled after the commit.
+
+Until the signature is checked, a known and an unknown slug answer the same (so slugs cannot be probed):
+the checks that do not depend on the source come first, and a missing, disabled or unconfigured source
+answers 403 like a bad signature. A source whose stored secrets cannot be decrypted answers 503, so that
+WeCom retries once the keys are fixed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from functools import partial
 
 from django.db import transaction
@@ -22,9 +28,15 @@ from .conf import app_settings
 from .crypto import WeComCrypto
 from .events import enqueue_event
 from .exceptions import CryptoError, InvalidKeyError, ReceiveIdError, SignatureError
+from .internal.secretbox import SecretDecryptionError
 from .models import SyncSource
 
 logger = logging.getLogger("wecom_sync.callback")
+
+#: What a URL verification may echo: WeCom's echostr plaintext is a short random string of letters and
+#: digits. Anything else (e.g. a captured event's Encrypt replayed as echostr) is never echoed: the endpoint
+#: must not decrypt arbitrary ciphertexts for whoever asks.
+ECHOSTR_PLAINTEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 class _Reject(Exception):
@@ -83,15 +95,19 @@ def _params(request: HttpRequest, names: tuple[str, ...]) -> list[str]:
 def _source_crypto(slug: str) -> tuple[SyncSource, WeComCrypto]:
     source = SyncSource.objects.filter(slug=slug).first()
     if source is None:
-        raise _Reject(404, "unknown_source")
+        raise _Reject(403, "unknown_source")
     if not source.enabled:
-        raise _Reject(404, "source_disabled")
-    if not source.token or not source.encoding_aes_key:
-        raise _Reject(404, "source_not_configured")
+        raise _Reject(403, "source_disabled")
     try:
-        crypto = WeComCrypto(source.token, source.encoding_aes_key, source.corp_id)
+        token, aes_key = source.token, source.encoding_aes_key
+    except SecretDecryptionError as exc:
+        raise _Reject(503, "secrets_unreadable") from exc
+    if not token or not aes_key:
+        raise _Reject(403, "source_not_configured")
+    try:
+        crypto = WeComCrypto(token, aes_key, source.corp_id)
     except InvalidKeyError as exc:
-        raise _Reject(404, "source_not_configured") from exc
+        raise _Reject(403, "source_not_configured") from exc
     return source, crypto
 
 
@@ -112,6 +128,7 @@ class CallbackView(APIView):
     parser_classes: list = []
     renderer_classes = [_PlainRenderer]
     content_negotiation_class = _IgnoreAccept
+    http_method_names = ["get", "post", "head"]
 
     def _reject(self, request: HttpRequest, slug: str, reject: _Reject) -> HttpResponse:
         level = logging.ERROR if reject.status >= 500 else logging.WARNING
@@ -127,14 +144,16 @@ class CallbackView(APIView):
     def get(self, request, slug: str) -> HttpResponse:  # noqa: ANN001 - DRF Request
         """URL verification: verify and decrypt echostr; answer its plaintext and nothing else."""
         try:
-            _source, crypto = _source_crypto(slug)
             signature, timestamp, nonce, echostr = _params(
                 request, ("msg_signature", "timestamp", "nonce", "echostr")
             )
+            _source, crypto = _source_crypto(slug)
             try:
                 plaintext = crypto.verify_url(signature, timestamp, nonce, echostr)
             except CryptoError as exc:
                 raise _crypto_reject(exc) from exc
+            if not ECHOSTR_PLAINTEXT_RE.match(plaintext):
+                raise _Reject(403, "echostr_not_plain", length=len(plaintext))
         except _Reject as reject:
             return self._reject(request, slug, reject)
         logger.info("wecom_sync.callback.url_verified", extra={"source": slug})
@@ -143,7 +162,6 @@ class CallbackView(APIView):
     def post(self, request, slug: str) -> HttpResponse:  # noqa: ANN001 - DRF Request
         """A contact event: verify, decrypt, store once, schedule processing, answer 200 with no body."""
         try:
-            source, crypto = _source_crypto(slug)
             signature, timestamp, nonce = _params(request, ("msg_signature", "timestamp", "nonce"))
             body = _read_body(request._request, app_settings.CALLBACK_MAX_BODY_BYTES)
             try:
@@ -152,6 +170,7 @@ class CallbackView(APIView):
                 raise _Reject(400, "missing_encrypt") from exc
             except CallbackXMLError as exc:
                 raise _Reject(400, "bad_xml", error=str(exc)) from exc
+            source, crypto = _source_crypto(slug)
             try:
                 plaintext = crypto.decrypt_message(signature, timestamp, nonce, envelope.encrypt)
             except CryptoError as exc:

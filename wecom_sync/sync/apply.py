@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ..adapter import DefaultWeComAdapter, LinkError, get_adapter
+from ..adapter import DefaultWeComAdapter, LinkError, LinkRefused, get_adapter
 from ..conf import app_settings
 from ..models import ExternalDepartment, ExternalMembership, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from ..signals import notify, user_created, user_deactivated, user_reactivated, user_updated
@@ -669,9 +669,14 @@ class Applier:
                     out[remote.key] = LinkError(
                         _("Another member of this batch matches the same existing user; none was linked twice.")
                     )
+                elif found is not None and not self.adapter.can_link(found):
+                    out[remote.key] = LinkRefused(
+                        _("An existing account with administrator rights matches this member; the sync never "
+                          "links it. Link it by hand in the WeCom user's admin page if it is really theirs.")
+                    )
                 elif found is not None:
                     claimed.add(found.pk)
-                    changed = self.adapter.populate_user(found, remote, source=self.source, created=False)
+                    changed = self._populate(found, remote, ExternalUser.AccountOrigin.LINKED)
                     changed |= self._set_active(found, remote, kept)
                     linked.append((found, changed))
                     out[remote.key] = (found, False)
@@ -688,6 +693,15 @@ class Applier:
                 insert_instances(self.user_model, [u for _r, u in new_pairs], self.user_model.USERNAME_FIELD)
             self._save_users(linked)
         return out
+
+    def _populate(self, user: Any, remote: RemoteUser, origin: str) -> set[str]:
+        """populate_user, keeping the fields the sync does not own on a linked or manual account."""
+        protected = self.adapter.protected_fields(origin)
+        kept = {name: getattr(user, name, None) for name in protected}
+        changed = self.adapter.populate_user(user, remote, source=self.source, created=False)
+        for name, value in kept.items():
+            setattr(user, name, value)
+        return changed - protected
 
     def _set_active(self, user: Any, remote: RemoteUser, kept: set[Any] | frozenset[Any] = frozenset()) -> set[str]:
         active = self.adapter.is_active_for_status(remote.status)
@@ -778,6 +792,10 @@ class Applier:
         rows: list[tuple[UserOp, Any, bool]] = []
         for op in ops:
             result = provisioned.get(op.key)
+            if isinstance(result, LinkRefused):
+                self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.SKIPPED,
+                            name=op.remote.name, error=_short(result.message, 2000), applied=False)
+                continue
             if isinstance(result, Exception) or result is None:
                 message = result.message if isinstance(result, LinkError) else f"{type(result).__name__}: {result}"
                 self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.FAILED,
@@ -833,7 +851,8 @@ class Applier:
         ext_rows = {
             e.pk: e
             for e in ExternalUser.objects.filter(pk__in=[op.local.pk for op in ops]).only(
-                "pk", "userid", "userid_key", "raw", "user_id", "name", "status", "is_removed", "source_id"
+                "pk", "userid", "userid_key", "raw", "user_id", "name", "status", "is_removed", "source_id",
+                "account_origin",
             )
         }
         users = {}
@@ -877,7 +896,9 @@ class Applier:
                 result = provisioned.get(op.key)
                 if not isinstance(result, tuple):
                     message = result.message if isinstance(result, LinkError) else str(result)
-                    self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.FAILED,
+                    refused = isinstance(result, LinkRefused)
+                    self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid,
+                                SyncRunChange.Action.SKIPPED if refused else SyncRunChange.Action.FAILED,
                                 name=op.remote.name, error=_short(message, 2000), applied=False)
                     continue
                 user = result[0]
@@ -886,9 +907,7 @@ class Applier:
                 user = users.get(ext.user_id) if ext.user_id else None
                 if user is not None:
                     if op.content_changed or op.local.is_removed:
-                        django_fields = self.adapter.populate_user(
-                            user, op.remote, source=self.source, created=False
-                        )
+                        django_fields = self._populate(user, op.remote, ext.account_origin)
                     django_fields |= self._set_active(user, op.remote, kept)
                     if django_fields:
                         user_updates.append((user, django_fields))
@@ -913,6 +932,8 @@ class Applier:
                 ext.updated_at = ext.last_seen_at = timezone.now()
                 if relink:
                     ext.user_id = user.pk
+                    ext.account_origin = (ExternalUser.AccountOrigin.CREATED if provisioned[op.key][1]
+                                          else ExternalUser.AccountOrigin.LINKED)
                 ext_updates.append(ext)
             user_pk = user.pk if user is not None else None
             if op.local.is_removed:
@@ -930,7 +951,7 @@ class Applier:
         if self.dry_run:
             return
         if ext_updates:
-            fields_to_save = EXT_USER_FIELDS + (["user"] if orphan_keys else [])
+            fields_to_save = EXT_USER_FIELDS + (["user", "account_origin"] if orphan_keys else [])
             ExternalUser.objects.bulk_update(ext_updates, fields_to_save)
         self._save_users(user_updates)
         if removes:
@@ -966,7 +987,8 @@ class Applier:
         action = REMOVAL_ACTIONS.get(policy, SyncRunChange.Action.DEACTIVATED)
         user_pks = [r.user_pk for r in rows if r.user_pk]
         users = {u.pk: u for u in self.user_model._default_manager.filter(pk__in=user_pks)} if user_pks else {}
-        exts = {e.pk: e for e in ExternalUser.objects.filter(pk__in=[r.pk for r in rows]).only("pk", "userid", "name")}
+        exts = {e.pk: e for e in ExternalUser.objects.filter(pk__in=[r.pk for r in rows]).only(
+            "pk", "userid", "name", "account_origin")}
         deactivate: list[int] = []
         delete: list[int] = []
         kept = self.kept_active_elsewhere(users) if policy != SyncSource.RemovalPolicy.IGNORE else set()
@@ -982,10 +1004,15 @@ class Applier:
                 self.change(batch, SyncRunChange.ObjectType.USER, row.userid, SyncRunChange.Action.SKIPPED,
                             name=name, error=_("Another source still lists this member: the account stays active."))
                 continue
-            self.change(batch, SyncRunChange.ObjectType.USER, row.userid, action, name=name)
+            # The sync deletes only accounts it created: a linked or manual account is deactivated instead.
+            owned = ext is None or ext.account_origin == ExternalUser.AccountOrigin.CREATED
+            row_action = action
+            if policy == SyncSource.RemovalPolicy.DELETE and user is not None and not owned:
+                row_action = SyncRunChange.Action.DEACTIVATED
+            self.change(batch, SyncRunChange.ObjectType.USER, row.userid, row_action, name=name)
             if user is None or policy == SyncSource.RemovalPolicy.IGNORE:
                 continue
-            if policy == SyncSource.RemovalPolicy.DELETE:
+            if policy == SyncSource.RemovalPolicy.DELETE and owned:
                 delete.append(user.pk)
             elif user.is_active:
                 deactivate.append(user.pk)

@@ -14,7 +14,8 @@ from django.utils.translation import gettext as _
 
 from ..adapter import get_adapter
 from ..exceptions import WeComError
-from ..models import SyncRun, SyncSource
+from ..internal.secretbox import SecretDecryptionError
+from ..models import SECRETS_UNREADABLE_MESSAGE, SyncRun, SyncSource
 from ..signals import notify, sync_finished
 from ..snapshot import Snapshot
 from . import lock
@@ -184,6 +185,9 @@ def _execute_locked(run: SyncRun, source: SyncSource, dry_run: bool, progress: P
     except WeComError as exc:
         logger.warning("wecom_sync.run.fetch_failed", extra={"run_id": run.pk, "error_type": type(exc).__name__})
         return _finish(run, SyncRun.Status.FAILED, _("The directory could not be fetched: %(error)s") % {"error": exc})
+    except SecretDecryptionError:
+        logger.error("wecom_sync.run.secrets_unreadable", extra={"run_id": run.pk, "source_id": source.pk})
+        return _finish(run, SyncRun.Status.FAILED, str(SECRETS_UNREADABLE_MESSAGE))
     except Exception as exc:  # noqa: BLE001 - the run must end with a status, whatever happened
         logger.exception("wecom_sync.run.fetch_crashed", extra={"run_id": run.pk})
         return _finish(run, SyncRun.Status.FAILED, _("The fetch failed unexpectedly (%(type)s).") % {

@@ -12,7 +12,7 @@ from ...internal import secretbox
 from ...internal.secretbox import SecretDecryptionError
 from ...models import SyncSource
 
-FIELDS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
+FIELDS = SyncSource.SECRET_FIELDS
 
 
 class Command(BaseCommand):
@@ -20,20 +20,35 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         newest = secretbox.keys()[0][0]
-        count = 0
-        with transaction.atomic():
-            for source in SyncSource.objects.select_for_update().order_by("pk"):
+        done, failed = 0, []
+        for pk in SyncSource.objects.order_by("pk").values_list("pk", flat=True):
+            # One transaction per source: a source whose secrets cannot be read does not stop the others.
+            with transaction.atomic():
+                source = SyncSource.objects.select_for_update().filter(pk=pk).first()
+                if source is None:
+                    continue
                 try:
                     values = {name: getattr(source, name) for name in FIELDS}
-                except SecretDecryptionError as exc:
-                    raise CommandError(
-                        _("Source %(slug)s cannot be decrypted: %(error)s") % {"slug": source.slug, "error": exc}
-                    ) from exc
-                # Saving re-encrypts with the newest key; update_fields keeps other columns untouched.
+                except SecretDecryptionError:
+                    failed.append(source.slug)
+                    self.stderr.write(
+                        _("%(slug)s: stored secrets cannot be decrypted with the configured keys: enter them "
+                          "again") % {"slug": source.slug}
+                    )
+                    continue
+                # Setting the plaintext makes the save re-encrypt with the newest key, bound to row and field.
                 for name, value in values.items():
                     setattr(source, name, value)
                 source.save(update_fields=list(FIELDS))
-                count += 1
+                done += 1
+                self.stdout.write(_("%(slug)s: re-encrypted with key %(key)s.") % {"slug": source.slug,
+                                                                                  "key": newest})
         self.stdout.write(
-            _("Re-encrypted the secrets of %(count)d source(s) with key %(key)s.") % {"count": count, "key": newest}
+            _("Re-encrypted the secrets of %(count)d source(s) with key %(key)s.") % {"count": done, "key": newest}
         )
+        if failed:
+            raise CommandError(
+                _("%(count)d source(s) could not be re-encrypted: %(slugs)s. Add the old key to "
+                  "WECOM_SYNC['ENCRYPTION_KEYS'] or enter their secrets again in the admin.")
+                % {"count": len(failed), "slugs": ", ".join(failed)}
+            )
