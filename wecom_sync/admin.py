@@ -588,3 +588,9 @@ class CallbackEventAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         self.message_user(request, ngettext(
             "Queued %(count)d event again.", "Queued %(count)d events again.", count) % {"count": count},
             messages.SUCCESS)
+
+
+# The "Send a WeCom message" action on Django users and WeCom users (wecom_sync/admin_messages.py).
+from . import admin_messages  # noqa: E402
+
+admin_messages.install()
