@@ -8,6 +8,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import override_settings
+from django.urls import reverse
 
 from tests.factories import AES_KEY, TOKEN, make_source
 from wecom_sync.models import CallbackEvent, ExternalTag, ExternalUser, SyncRun, SyncRunChange
@@ -306,3 +307,17 @@ def test_desired_members_excludes_removed_members(sim, source, mirror_tags):
     assert account <= desired_members(source, [tag])[tag.pk]
     ExternalUser.objects.filter(source=source, userid_key=userid.lower()).update(is_removed=True)
     assert not account & desired_members(source, [tag])[tag.pk]
+
+
+def test_tags_admin_lists_tags_with_their_group(sim, source, mirror_tags, admin_client):
+    sync(source)
+    page = admin_client.get(reverse("admin:wecom_sync_externaltag_changelist"))
+    assert page.status_code == 200
+    text = page.content.decode()
+    for tag in sim.org.tags.values():
+        assert tag["tagname"] in text
+    tag = ExternalTag.objects.get(source=source, tag_id=1)
+    assert admin_client.get(reverse("admin:wecom_sync_externaltag_change", args=[tag.pk])).status_code == 200
+    run = SyncRun.objects.filter(source=source).latest("pk")
+    run_page = admin_client.get(reverse("admin:wecom_sync_syncrun_change", args=[run.pk]))
+    assert "tags created" in run_page.content.decode()
