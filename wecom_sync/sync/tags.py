@@ -306,14 +306,20 @@ def refresh_after_events(source: Any, run: SyncRun, kind: str, events: Iterable[
             affected |= set(_user_links().objects.filter(externaluser__in=ext).values_list("externaltag_id", flat=True))
             affected |= set(_tracked().objects.filter(**{f"{_tracked_user_column()}_id__in": accounts})
                             .values_list("externaltag_id", flat=True))
+            # Joining: the tags listing one of the members' departments or a department above them.
+            under = _with_ancestors(source, set(ExternalMembership.objects.filter(user__in=ext).values_list(
+                "department_id", flat=True)))
+            affected |= set(_dept_links().objects.filter(externaltag__in=tags, externaldepartment_id__in=under)
+                            .values_list("externaltag_id", flat=True))
     else:
         ids = {int(e.object_id) for e in events if str(e.object_id).isdigit()}
         for tag in tags:
             if ids & {int(d) for d in (tag.raw or {}).get("partylist") or () if str(d).isdigit()}:
                 relink.append(tag)
-    if app_settings.MIRROR_TAGS:
-        # A member's or department's move changes who is under a tag's departments.
-        affected |= set(_dept_links().objects.filter(externaltag__in=tags).values_list("externaltag_id", flat=True))
+        if app_settings.MIRROR_TAGS:
+            # A department that moved or went away changes who is under the tags' departments.
+            affected |= set(_dept_links().objects.filter(externaltag__in=tags).values_list("externaltag_id",
+                                                                                          flat=True))
     writer = _TagWriter(source, run)
     remotes = [(tag, RemoteTag.from_api(tag.tag_id, tag.raw or {})) for tag in relink]
     writer.load_targets(r for _t, r in remotes)
@@ -327,6 +333,18 @@ def refresh_after_events(source: Any, run: SyncRun, kind: str, events: Iterable[
     if app_settings.MIRROR_TAGS and affected:
         counters.update(sync_tag_groups(source, [t for t in tags if t.pk in affected]))
     return dict(counters)
+
+
+def _with_ancestors(source: Any, department_pks: set[int]) -> set[int]:
+    """Return these departments and every department above them (local primary keys)."""
+    parents = dict(ExternalDepartment.objects.filter(source=source).values_list("pk", "parent_id"))
+    out: set[int] = set()
+    for pk in department_pks:
+        current: int | None = pk
+        while current is not None and current not in out:
+            out.add(current)
+            current = parents.get(current)
+    return out
 
 
 # -- mirrored groups -------------------------------------------------------------------------------------
