@@ -149,6 +149,16 @@ class TagSimulation:
         if event:
             self._emit("delete_tag", [("TagId", int(tag["tagid"]))], deliver)
 
+    def add_tag_users(self, tag_id: int, userlist: Iterable[str] = (), partylist: Iterable[int] = (), *,
+                      deliver: bool = True) -> str:
+        """Add members and departments to a tag, as WeCom's tag/addtagusers does; emit ``update_tag``."""
+        return self.update_tag(tag_id, add_users=userlist, add_departments=partylist, deliver=deliver)
+
+    def del_tag_users(self, tag_id: int, userlist: Iterable[str] = (), partylist: Iterable[int] = (), *,
+                      deliver: bool = True) -> str:
+        """Remove members and departments from a tag, as WeCom's tag/deltagusers does; emit ``update_tag``."""
+        return self.update_tag(tag_id, remove_users=userlist, remove_departments=partylist, deliver=deliver)
+
     def _forget_in_tags(self, userid: str | None = None, new_userid: str | None = None,
                         department_id: int | None = None) -> None:
         """Keep tags consistent when a member is renamed or deleted, or a department is deleted."""
