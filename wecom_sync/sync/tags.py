@@ -407,6 +407,47 @@ def _group_name(source: Any, tag: ExternalTag, own: Group | None) -> str:
     return fallback if taken.exists() else base
 
 
+class _GroupColumns:
+    """The through tables and column names of user groups and of the sync's own group members."""
+
+    def __init__(self, groups_field: Any) -> None:
+        self.through = groups_field.remote_field.through
+        self.user = f"{groups_field.m2m_field_name()}_id"
+        self.group = f"{groups_field.m2m_reverse_field_name()}_id"
+        self.tracked = _tracked()
+        self.tracked_user = f"{_tracked_user_column()}_id"
+
+
+def _sync_group(source: Any, tag: ExternalTag, want: set[int], c: _GroupColumns, counters: Counter[str]) -> None:
+    """Create (or rename) one tag's group and bring its members to ``want``, removing only the sync's own."""
+    group = Group.objects.filter(pk=tag.group_id).first() if tag.group_id else None
+    if group is None and tag.is_removed:
+        return
+    if group is None:
+        group = Group.objects.create(name=_group_name(source, tag, None))
+        ExternalTag.objects.filter(pk=tag.pk).update(group=group)
+        tag.group_id = group.pk
+        counters["tag_groups_created"] += 1
+    elif not tag.is_removed and group.name not in _group_names(source, tag):
+        group.name = _group_name(source, tag, group)
+        group.save(update_fields=["name"])
+    present = set(c.through.objects.filter(**{c.group: group.pk}).values_list(c.user, flat=True))
+    tracked = set(c.tracked.objects.filter(externaltag_id=tag.pk).values_list(c.tracked_user, flat=True))
+    add = sorted(want - present)
+    drop = sorted((tracked - want) & present)  # never someone the sync did not put in
+    if add:
+        c.through.objects.bulk_create([c.through(**{c.user: u, c.group: group.pk}) for u in add],
+                                      ignore_conflicts=True)
+        c.tracked.objects.bulk_create([c.tracked(**{"externaltag_id": tag.pk, c.tracked_user: u}) for u in add],
+                                      ignore_conflicts=True)
+    if drop:
+        c.through.objects.filter(**{c.group: group.pk, f"{c.user}__in": drop}).delete()
+    if tracked - want:
+        c.tracked.objects.filter(**{"externaltag_id": tag.pk, f"{c.tracked_user}__in": sorted(tracked - want)}).delete()
+    counters["tag_group_members_added"] += len(add)
+    counters["tag_group_members_removed"] += len(drop)
+
+
 def sync_tag_groups(source: Any, tags: Sequence[ExternalTag]) -> Counter[str]:
     """Create the groups of these tags as needed and bring their members up to date; return counters.
 
@@ -419,39 +460,16 @@ def sync_tag_groups(source: Any, tags: Sequence[ExternalTag]) -> Counter[str]:
         groups_field = user_model._meta.get_field("groups")
     except Exception:  # noqa: BLE001 - a custom user model without groups: nothing to mirror
         return counters
-    through = groups_field.remote_field.through
-    src, dst = f"{groups_field.m2m_field_name()}_id", f"{groups_field.m2m_reverse_field_name()}_id"
-    tracked_col = f"{_tracked_user_column()}_id"
+    columns = _GroupColumns(groups_field)
     desired = desired_members(source, tags)
     for tag in tags:
-        with transaction.atomic():
-            group = Group.objects.filter(pk=tag.group_id).first() if tag.group_id else None
-            if group is None and tag.is_removed:
-                continue
-            if group is None:
-                group = Group.objects.create(name=_group_name(source, tag, None))
-                ExternalTag.objects.filter(pk=tag.pk).update(group=group)
-                tag.group_id = group.pk
-                counters["tag_groups_created"] += 1
-            elif not tag.is_removed and group.name not in _group_names(source, tag):
-                group.name = _group_name(source, tag, group)
-                group.save(update_fields=["name"])
-            want = desired.get(tag.pk, set())
-            present = set(through.objects.filter(**{dst: group.pk}).values_list(src, flat=True))
-            tracked = set(_tracked().objects.filter(externaltag_id=tag.pk).values_list(tracked_col, flat=True))
-            add = sorted(want - present)
-            drop = sorted((tracked - want) & present)
-            if add:
-                through.objects.bulk_create([through(**{src: u, dst: group.pk}) for u in add], ignore_conflicts=True)
-                _tracked().objects.bulk_create(
-                    [_tracked()(**{"externaltag_id": tag.pk, tracked_col: u}) for u in add], ignore_conflicts=True)
-            if drop:
-                through.objects.filter(**{dst: group.pk, f"{src}__in": drop}).delete()
-            if tracked - want:
-                _tracked().objects.filter(**{"externaltag_id": tag.pk, f"{tracked_col}__in": sorted(tracked - want)}
-                                          ).delete()
-            counters["tag_group_members_added"] += len(add)
-            counters["tag_group_members_removed"] += len(drop)
+        try:
+            with transaction.atomic():
+                _sync_group(source, tag, desired.get(tag.pk, set()), columns, counters)
+        except Exception as exc:  # noqa: BLE001 - one tag's group must not stop the others (rule 8)
+            logger.warning("wecom_sync.tags.group_failed",
+                           extra={"tag_id": tag.tag_id, "error_type": type(exc).__name__})
+            counters["tags_failed"] += 1
     return counters
 
 
