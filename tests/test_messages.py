@@ -140,6 +140,8 @@ def test_bad_input_changes_nothing(sim, source):
         send_message(source, users=[user])
     with pytest.raises(MessageError):
         send_message(source, users=[user], textcard={"title": "no url"})
+    with pytest.raises(MessageError):
+        send_message(source, users=[user.pk], text="a primary key is not a userid")
     other = make_source()
     with pytest.raises(MessageError):
         send_message(other, departments=[ExternalDepartment.objects.filter(source=source).first()], text="x")

@@ -136,8 +136,10 @@ def resolve_users(source: SyncSource, users: Iterable[Any]) -> tuple[list[str], 
                 raise MessageError(_("%(object)s belongs to another source.") % {"object": item})
             if not item.is_removed:
                 userids.append(item.userid)
-        else:
+        elif getattr(item, "pk", None) is not None:
             accounts.append(item)
+        else:
+            raise MessageError(_("%(value)r is neither a Django user, a WeCom user nor a userid.") % {"value": item})
     unmapped: list[Any] = []
     if accounts:
         mapped = dict(ExternalUser.objects.filter(
