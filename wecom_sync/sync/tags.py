@@ -153,8 +153,8 @@ class _TagWriter:
         if local is not None and not local.is_removed and not fields and local.digest == remote.digest:
             self.counters["tags_unchanged"] += 1
             return
-        self.change(remote.id, action, remote.name, fields)
         if self.dry_run:
+            self.change(remote.id, action, remote.name, fields)
             return
         now = timezone.now()
         with transaction.atomic():
@@ -166,6 +166,7 @@ class _TagWriter:
                 local.is_removed, local.removed_at, local.updated_at = False, None, now
                 local.save(update_fields=["name", "raw", "digest", "is_removed", "removed_at", "updated_at"])
             self._write_links(local.pk, users, old_users, depts, old_depts)
+        self.change(remote.id, action, remote.name, fields)  # recorded once written (a failure is recorded instead)
         self.touched.add(local.pk)
 
     @staticmethod
@@ -185,15 +186,16 @@ class _TagWriter:
 
     def remove(self, local: ExternalTag) -> None:
         """Mark a tag gone from WeCom as removed and drop its links."""
+        if not self.dry_run:
+            now = timezone.now()
+            with transaction.atomic():
+                ExternalTag.objects.filter(pk=local.pk).update(is_removed=True, removed_at=now, updated_at=now)
+                _user_links().objects.filter(externaltag_id=local.pk).delete()
+                _dept_links().objects.filter(externaltag_id=local.pk).delete()
+            local.is_removed, local.removed_at = True, now
         self.change(local.tag_id, Action.REMOVED, local.name)
         if self.dry_run:
             return
-        now = timezone.now()
-        with transaction.atomic():
-            ExternalTag.objects.filter(pk=local.pk).update(is_removed=True, removed_at=now, updated_at=now)
-            _user_links().objects.filter(externaltag_id=local.pk).delete()
-            _dept_links().objects.filter(externaltag_id=local.pk).delete()
-        local.is_removed, local.removed_at = True, now
         self.touched.add(local.pk)
 
     def guarded(self, tag_id: int, name: str, work: Any) -> None:
