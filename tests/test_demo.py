@@ -23,7 +23,8 @@ def test_demo_runs_end_to_end_on_a_fresh_sqlite_file(tmp_path):
     out = result.stdout
     assert re.search(r"users created\s+300\b", out), out[-2000:]
     assert "local mirror: 25 departments, 300 members" in out
-    assert out.count("✔") == 7 and "✘" not in out
+    assert out.count("✔") == 8 and "✘" not in out
     assert "signed in with WeCom (web login) and reached the admin" in out
+    assert "recorded by the simulator" in out  # the demo's app message
     assert "6 callbacks received" in out
     assert (tmp_path / "demo.sqlite3").exists()

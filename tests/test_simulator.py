@@ -457,3 +457,42 @@ def test_peak_in_flight_counts_overlapping_requests(simulator):
                                     corpsecret=simulator.app_secret), range(3)))
     assert simulator.peak_in_flight["/cgi-bin/gettoken"] == 3
     assert simulator.in_flight["/cgi-bin/gettoken"] == 0
+
+
+def test_tags_and_messages_in_the_simulator():
+    """tag/list, tag/get (visible range applied), tag mutations with update_tag events, message/send records."""
+    from wecom_sync.client import WeComClient
+    from wecom_sync.exceptions import WeComAPIError
+
+    with WeComSimulator(generate_organisation(users=20, departments=5, seed=2)) as sim:
+        client = WeComClient(sim.corp_id, sim.app_secret, base_url=sim.base_url)
+        assert {t["tagid"] for t in client.list_tags()} == set(sim.org.tags)
+        assert any(t["userlist"] for t in sim.org.tags.values()) and any(t["partylist"] for t in sim.org.tags.values())
+        userid = sorted(sim.org.users)[0]
+        tag_id = sim.add_tag("测试", users=[userid], departments=[2])
+        tag = client.get_tag(tag_id)
+        assert tag["tagname"] == "测试" and tag["userlist"][0]["userid"] == userid and tag["partylist"] == [2]
+        event = sim.add_tag_users(tag_id, [sorted(sim.org.users)[1]])
+        assert "<ChangeType><![CDATA[update_tag]]></ChangeType>" in event and "AddUserItems" in event
+        sim.del_tag_users(tag_id, [userid], [2])
+        assert sim.org.tags[tag_id]["userlist"] == [sorted(sim.org.users)[1]]
+        assert sim.org.tags[tag_id]["partylist"] == []
+        sim.rename_userid(sorted(sim.org.users)[1], "renamed.one")
+        assert sim.org.tags[tag_id]["userlist"] == ["renamed.one"]
+        sim.delete_tag(tag_id)
+        with pytest.raises(WeComAPIError) as error:
+            client.get_tag(tag_id)
+        assert error.value.errcode == 40068
+        answer = client.send_message({"agentid": sim.agent_id, "msgtype": "text", "text": {"content": "hi"},
+                                      "touser": f"{userid}|nobody"})
+        assert answer["invaliduser"] == "nobody"
+        assert sim.messages_to(userid)[0]["content"] == {"content": "hi"}
+        with pytest.raises(WeComAPIError) as error:
+            client.send_message({"agentid": sim.agent_id, "msgtype": "text", "text": {"content": "hi"},
+                                 "touser": "nobody"})
+        assert error.value.errcode == 81013
+        with pytest.raises(WeComAPIError) as error:
+            client.send_message({"agentid": 1, "msgtype": "text", "text": {"content": "hi"}, "touser": userid})
+        assert error.value.errcode == 301002
+        assert len(sim.messages) == 1
+        client.close()

@@ -351,6 +351,17 @@ COUNTER_LABELS = {
     "events": _("events"),
     "event_failed": _("events failed"),
     "approved_skipped": _("approved removals skipped"),
+    "tags_created": _("tags created"),
+    "tags_updated": _("tags updated"),
+    "tags_removed": _("tags removed"),
+    "tags_reactivated": _("tags reactivated"),
+    "tags_failed": _("tags failed"),
+    "tags_unchanged": _("tags unchanged"),
+    "tags_unreadable": _("tags unreadable"),
+    "remote_tags": _("tags in WeCom"),
+    "tag_groups_created": _("tag groups created"),
+    "tag_group_members_added": _("tag group members added"),
+    "tag_group_members_removed": _("tag group members removed"),
 }
 
 
@@ -750,3 +761,9 @@ class CallbackEventAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         self.message_user(request, ngettext(
             "Queued %(count)d event again.", "Queued %(count)d events again.", count) % {"count": count},
             messages.SUCCESS)
+
+
+# WeCom tags, and the "Send a WeCom message" action on Django users and WeCom users.
+from . import admin_messages, admin_tags  # noqa: E402, F401
+
+admin_messages.install()

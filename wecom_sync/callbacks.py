@@ -27,6 +27,8 @@ logger = logging.getLogger("wecom_sync.callback")
 #: change_contact change types about members, and about departments.
 USER_CHANGE_TYPES = frozenset({"create_user", "update_user", "delete_user"})
 DEPARTMENT_CHANGE_TYPES = frozenset({"create_party", "update_party", "delete_party"})
+#: ... and about tags (create_tag and delete_tag reach only some kinds of app).
+TAG_CHANGE_TYPES = frozenset({"create_tag", "update_tag", "delete_tag"})
 
 # Nested elements (ExtAttr/Item/Text/Value, BatchJob/...) are kept up to this depth; deeper content is
 # dropped, so a hostile document cannot drive the conversion into deep recursion.
@@ -123,7 +125,7 @@ def event_object(fields: dict[str, Any]) -> tuple[str, str]:
         return "user", normalize_userid(_text(fields, "UserID"))
     if change_type in DEPARTMENT_CHANGE_TYPES:
         return "department", _text(fields, "Id")
-    if change_type == "update_tag":
+    if change_type in TAG_CHANGE_TYPES:
         return "tag", _text(fields, "TagId")
     if _text(fields, "Event") == "batch_job_result":
         job = fields.get("BatchJob")

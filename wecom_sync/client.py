@@ -29,7 +29,7 @@ from requests.adapters import HTTPAdapter
 
 from .conf import app_settings
 from .exceptions import TOKEN_ERRCODES, TRANSIENT_ERRCODES, WeComAPIError, WeComError, WeComTransportError
-from .snapshot import RemoteDepartment, RemoteUser, Snapshot, normalize_userid
+from .snapshot import RemoteDepartment, RemoteTag, RemoteUser, Snapshot, TagSnapshot, normalize_userid
 
 logger = logging.getLogger("wecom_sync.client")
 
@@ -444,6 +444,20 @@ class WeComClient:
                 raise _transport_error(_("user/list_id repeated a cursor; pagination stopped."), retryable=False)
             seen.add(cursor)
 
+    # -- tags and messages --------------------------------------------------------------------------
+    def list_tags(self) -> list[dict[str, Any]]:
+        """Return every {"tagid", "tagname"} the credential can see (tag/list)."""
+        return list(self._call("GET", "tag/list", params={}).get("taglist") or [])
+
+    def get_tag(self, tag_id: int) -> dict[str, Any]:
+        """Return one tag (tag/get): ``tagname``, ``userlist[{userid, name}]`` and ``partylist``."""
+        data = self._call("GET", "tag/get", params={"tagid": int(tag_id)})
+        return {k: v for k, v in data.items() if k not in ("errcode", "errmsg")}
+
+    def send_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send an app message (message/send); return WeCom's answer (invaliduser, invalidparty, ...)."""
+        return self._call("POST", "message/send", params={}, json=body)
+
 
 # -- snapshot -----------------------------------------------------------------------------------------
 def _capture(fn: Callable[[T], R]) -> Callable[[T], R | WeComError]:
@@ -596,12 +610,47 @@ class _Fetch:
             else:
                 self.add_users([result])
 
+    # -- tags ---------------------------------------------------------------------------------------
+    def tags(self) -> None:
+        """Read every tag the app can see (tag/list), then each tag's members (tag/get).
 
-def fetch_snapshot(source: Any, *, progress: Callable[[int, int], None] | None = None) -> Snapshot:
+        The app secret reads tags when there is one (it sees the tags in its visible range); otherwise the
+        contact-sync secret. A failure is a tag problem: the directory stays complete.
+        """
+        tags = self.snapshot.tags = TagSnapshot()
+        client = self.client("app" if self.source.secret else "contact_sync")
+        try:
+            listed = client.list_tags()
+        except WeComError as exc:
+            tags.add_problem("tag/list", getattr(exc, "errcode", None), str(exc))
+            logger.warning("wecom_sync.client.fetch_problem",
+                           extra={"scope": "tag/list", "errcode": getattr(exc, "errcode", None)})
+            return
+        for item in listed:
+            try:
+                tags.listed[int(item["tagid"])] = str(item.get("tagname") or "")
+            except (KeyError, TypeError, ValueError):
+                continue
+        ids = sorted(tags.listed)
+        self.plan(len(ids))
+        for tag_id, result in self.parallel(client.get_tag, ids):
+            if isinstance(result, WeComError):
+                tags.add_problem(f"tag:{tag_id}", getattr(result, "errcode", None), str(result))
+                logger.warning("wecom_sync.client.fetch_problem",
+                               extra={"scope": f"tag:{tag_id}", "errcode": getattr(result, "errcode", None)})
+            else:
+                result.setdefault("tagname", tags.listed[tag_id])
+                tags.tags[tag_id] = RemoteTag.from_api(tag_id, result)
+
+
+def fetch_snapshot(
+    source: Any, *, progress: Callable[[int, int], None] | None = None, tags: bool | None = None
+) -> Snapshot:
     """Fetch the departments and members of source.root_department_id's subtree with its fetch strategy.
 
     Per-department and per-member errors are recorded as snapshot problems (``snapshot.complete`` is then
-    False); only an error that stops everything (bad credentials, unknown root) is raised.
+    False); only an error that stops everything (bad credentials, unknown root) is raised. Tags are read
+    too when ``tags`` is true (default: ``WECOM_SYNC["SYNC_TAGS"]``), into ``snapshot.tags``.
     """
     fetch = _Fetch(source, progress)
     strategy = str(source.effective_fetch_strategy)
@@ -611,6 +660,8 @@ def fetch_snapshot(source: Any, *, progress: Callable[[int, int], None] | None =
             fetch.by_contact_sync()
         else:
             fetch.by_app()
+        if app_settings.SYNC_TAGS if tags is None else tags:
+            fetch.tags()
     finally:
         fetch.close()
     snapshot = fetch.snapshot

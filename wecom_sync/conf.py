@@ -49,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
     "RUN_CHANGES_RETENTION_DAYS": 180,
     # Mirror each WeCom department as a Django Group of the same name (only groups we created are touched).
     "MIRROR_GROUPS": False,
+    # Read WeCom tags (tag/list, tag/get) in full syncs and on update_tag events.
+    "SYNC_TAGS": False,
+    # Mirror each tag as a Django Group the sync creates (implies SYNC_TAGS).
+    "MIRROR_TAGS": False,
     # A running sync with no heartbeat for this many seconds is closed as failed by the stale-run task.
     "STALE_RUN_SECONDS": 600,
     # Callback requests with a larger body are refused with HTTP 413.
@@ -160,6 +164,14 @@ class AppSettings:
     @property
     def MIRROR_GROUPS(self) -> bool:  # noqa: N802
         return bool(self._get("MIRROR_GROUPS"))
+
+    @property
+    def SYNC_TAGS(self) -> bool:  # noqa: N802
+        return bool(self._get("SYNC_TAGS")) or self.MIRROR_TAGS
+
+    @property
+    def MIRROR_TAGS(self) -> bool:  # noqa: N802
+        return bool(self._get("MIRROR_TAGS"))
 
     @property
     def STALE_RUN_SECONDS(self) -> int:  # noqa: N802

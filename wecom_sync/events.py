@@ -25,7 +25,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from .callbacks import DEPARTMENT_CHANGE_TYPES, USER_CHANGE_TYPES
+from .callbacks import DEPARTMENT_CHANGE_TYPES, TAG_CHANGE_TYPES, USER_CHANGE_TYPES
 from .conf import app_settings
 from .exceptions import WeComAPIError
 from .models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
@@ -134,6 +134,8 @@ def object_kind(event: CallbackEvent) -> str:
         return "user"
     if event.change_type in DEPARTMENT_CHANGE_TYPES and event.object_id.isdigit():
         return "department"
+    if event.change_type in TAG_CHANGE_TYPES and event.object_id.isdigit() and app_settings.SYNC_TAGS:
+        return "tag"
     return ""
 
 
@@ -178,13 +180,14 @@ def _user_group(source: SyncSource, event: CallbackEvent) -> list[CallbackEvent]
     return list(pending.filter(object_id__in=keys).order_by("create_time", "pk"))
 
 
-def _department_group(source: SyncSource, event: CallbackEvent) -> list[CallbackEvent]:
+def _department_group(source: SyncSource, event: CallbackEvent, kind: str = "department") -> list[CallbackEvent]:
+    """Pending events about the same department (or, for kind "tag", the same tag)."""
     return list(
         CallbackEvent.objects.filter(
             source=source,
             status=Status.PENDING,
             event="change_contact",
-            change_type__in=DEPARTMENT_CHANGE_TYPES,
+            change_type__in=TAG_CHANGE_TYPES if kind == "tag" else DEPARTMENT_CHANGE_TYPES,
             object_id=event.object_id,
         ).order_by("create_time", "pk")
     )
@@ -394,14 +397,20 @@ def _process_locked(event_id: int) -> str | None:
         started_at=now,
         heartbeat_at=now,
     )
-    group = _user_group(source, event) if kind == "user" else _department_group(source, event)
+    group = _user_group(source, event) if kind == "user" else _department_group(source, event, kind)
     if event.pk not in {e.pk for e in group}:
         group.append(event)
     outcome = _Outcome()
+    from .sync.tags import apply_tag_event, refresh_after_events
+
     if kind == "user":
         _apply_users(source, run, group, outcome)
+    elif kind == "tag":
+        outcome.add(apply_tag_event(source, run, int(event.object_id)))
     else:
         _apply_departments(source, run, group, outcome)
+    if kind != "tag":
+        outcome.add(refresh_after_events(source, run, kind, group))  # tags listing these objects
 
     SyncRunChange.objects.bulk_create(
         SyncRunChange(

@@ -44,12 +44,15 @@ ERRCODE_HINTS: dict[int, str] = {
     48009: gettext_noop("The contact-sync assistant may not read directory details from a newly added IP. Set the "
         "self-built app's Secret on the source for details; keep the contact-sync secret only for ids."),
     50002: gettext_noop("The member is outside the app's visibility scope. Widen the app's visible range."),
+    40068: gettext_noop("The tag does not exist (any more). A full sync removes it from the site."),
     60011: gettext_noop("No privilege: the department or member is outside the app's visible range. In the WeCom "
         "console, set the app's visible range to the root department."),
     60020: gettext_noop("This server's IP is not a trusted IP of the app. Add it under the app's Trusted IPs in the "
         "WeCom console and wait about a minute."),
     60111: gettext_noop("The userid does not exist: the member left, was deleted, or is not visible to the app."),
     60123: gettext_noop("The department id does not exist in the directory (it was deleted or is not visible)."),
+    81013: gettext_noop("None of the message's recipients can be reached: unknown userids, departments or tags, or "
+        "all outside the app's visible range. Widen the app's visible range in the WeCom console."),
     301002: gettext_noop("The token has no rights over this AgentId. Check that the AgentId and the Secret belong to "
         "the same app."),
 }

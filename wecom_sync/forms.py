@@ -230,3 +230,37 @@ class SyncSourceForm(forms.ModelForm):
             instance.save()
             self._save_m2m()
         return instance
+
+
+class SendMessageForm(forms.Form):
+    """The "Send a WeCom message" admin action's page: which source's app, what kind of message, what text."""
+
+    MSGTYPES = (("text", _("Text")), ("markdown", _("Markdown")), ("textcard", _("Text card")))
+
+    source = forms.ModelChoiceField(
+        label=_("source"), queryset=SyncSource.objects.filter(enabled=True),
+        help_text=_("The message is sent by this source's self-built app (its AgentId)."),
+    )
+    msgtype = forms.ChoiceField(label=_("type"), choices=MSGTYPES, initial="text")
+    title = forms.CharField(label=_("title"), max_length=128, required=False,
+                            help_text=_("Text cards only."))
+    content = forms.CharField(label=_("content"), max_length=2048, widget=forms.Textarea(attrs={"rows": 6}))
+    url = forms.URLField(label=_("link"), required=False,
+                         help_text=_("Text cards only: the page the card opens."),
+                         **({"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}))
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("msgtype") == "textcard":
+            for name in ("title", "url"):
+                if not cleaned.get(name):
+                    self.add_error(name, forms.ValidationError(_("A text card needs a title and a link."),
+                                                               code="textcard"))
+        return cleaned
+
+    def message_content(self) -> dict:
+        """Return the content keyword of ``send_message`` (``text=``, ``markdown=`` or ``textcard=``)."""
+        data = self.cleaned_data
+        if data["msgtype"] == "textcard":
+            return {"textcard": {"title": data["title"], "description": data["content"], "url": data["url"]}}
+        return {data["msgtype"]: data["content"]}

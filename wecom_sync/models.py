@@ -139,7 +139,10 @@ class SyncSource(models.Model):
         verbose_name = _("sync source")
         verbose_name_plural = _("sync sources")
         ordering = ["name"]
-        permissions = [("run_sync", _("Can start, approve and retry syncs"))]
+        permissions = [
+            ("run_sync", _("Can start, approve and retry syncs")),
+            ("send_message", _("Can send WeCom app messages")),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -382,6 +385,16 @@ class ExternalTag(models.Model):
         on_delete=models.SET_NULL,
         related_name="wecom_tag",
         help_text=_("The Django group this source created for the tag, if tags are mirrored."),
+    )
+    synced_members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("group members added by the sync"),
+        blank=True,
+        related_name="+",
+        help_text=_(
+            "Django users the sync put into the mirrored group. Only they are taken out when they leave the "
+            "tag; members added to the group by hand stay."
+        ),
     )
     is_removed = models.BooleanField(_("removed"), default=False)
     removed_at = models.DateTimeField(_("removed at"), null=True, blank=True)

@@ -130,6 +130,39 @@ class RemoteUser:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteTag:
+    """A WeCom tag as tag/get reports it: its name, the userids and the department ids it lists."""
+
+    id: int
+    name: str = ""
+    userids: tuple[str, ...] = ()
+    department_ids: tuple[int, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def from_api(cls, tag_id: int, item: Mapping[str, Any]) -> RemoteTag:
+        """Build from a tag/get answer (``tagname``, ``userlist[{userid, name}]``, ``partylist[ids]``)."""
+        users = []
+        for entry in item.get("userlist") or ():
+            userid = entry.get("userid") if isinstance(entry, Mapping) else entry
+            if userid:
+                users.append(str(userid))
+        raw = {k: v for k, v in item.items() if k not in ("errcode", "errmsg")}
+        raw.setdefault("tagid", int(tag_id))
+        return cls(
+            id=int(tag_id),
+            name=str(item.get("tagname") or ""),
+            userids=tuple(users),
+            department_ids=_int_list(item.get("partylist")),
+            raw=raw,
+        )
+
+    @property
+    def digest(self) -> str:
+        return payload_digest(self.raw)
+
+
 @dataclass(slots=True)
 class FetchProblem:
     """One part of a fetch that did not answer: where, the errcode (or None for transport) and a message."""
@@ -152,6 +185,29 @@ class Snapshot:
     users: dict[str, RemoteUser] = field(default_factory=dict)
     problems: list[FetchProblem] = field(default_factory=list)
     api_calls: int = 0
+
+    #: The tags, when tags were fetched (``WECOM_SYNC["SYNC_TAGS"]``); None otherwise.
+    tags: TagSnapshot | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    def add_problem(self, scope: str, errcode: int | None, message: str) -> None:
+        self.problems.append(FetchProblem(scope, errcode, message))
+
+
+@dataclass(slots=True)
+class TagSnapshot:
+    """The tags the app can see: every tag of tag/list, with details for those whose tag/get answered.
+
+    Tag problems are kept apart from the directory's: a tag that could not be read makes the run partial
+    and stops tag removals, but never stops the removal of members who left.
+    """
+
+    listed: dict[int, str] = field(default_factory=dict)  # tag id -> name, from tag/list
+    tags: dict[int, RemoteTag] = field(default_factory=dict)  # tag id -> details, from tag/get
+    problems: list[FetchProblem] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:

@@ -62,3 +62,30 @@ def requeue_pending_events() -> int:
 def purge_old_records() -> dict[str, int]:
     """Delete old applied/ignored events and old runs' change rows (periodic, hourly; see the retention settings)."""
     return services.purge_old_records()
+
+
+@shared_task(name="wecom_sync.tasks.send_message", ignore_result=True)
+def send_message(
+    source_id: int,
+    *,
+    user_ids: list[int] | None = None,
+    userids: list[str] | None = None,
+    department_ids: list[int] | None = None,
+    tag_ids: list[int] | None = None,
+    text: str | None = None,
+    markdown: str | None = None,
+    textcard: dict | None = None,
+) -> dict | None:
+    """Send an app message in the background (Django user pks, userids, department and tag ids); return its
+    summary, or None if the source is gone."""
+    from django.contrib.auth import get_user_model
+
+    from .messages import send_message as send
+
+    source = SyncSource.objects.filter(pk=source_id).first()
+    if source is None:
+        return None
+    users = [*get_user_model()._default_manager.filter(pk__in=user_ids or ()), *(userids or ())]
+    result = send(source, users=users, departments=department_ids or (), tags=tag_ids or (), text=text,
+                  markdown=markdown, textcard=textcard)
+    return result.as_dict()

@@ -63,7 +63,8 @@ _POSITIONS = ("工程师", "高级工程师", "产品经理", "经理", "总监"
 
 
 class Organisation:
-    """Departments (id -> department/get dict) and users (userid -> user/get dict) of one simulated corp."""
+    """Departments (id -> department/get dict), users (userid -> user/get dict) and tags (tag id ->
+    ``{"tagid", "tagname", "userlist": [userids], "partylist": [ids]}``) of one simulated corp."""
 
     def __init__(
         self,
@@ -71,9 +72,11 @@ class Organisation:
         users: dict[str, dict[str, Any]] | None = None,
         *,
         restricted_fields: bool = False,
+        tags: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.departments: dict[int, dict[str, Any]] = departments if departments is not None else {}
         self.users: dict[str, dict[str, Any]] = users if users is not None else {}
+        self.tags: dict[int, dict[str, Any]] = tags if tags is not None else {}
         self.restricted_fields = restricted_fields
         self._lock = threading.RLock()
         self._index: _Index | None = None
@@ -313,4 +316,24 @@ def generate_organisation(
         for user in people.values():
             for field in RESTRICTED_USER_FIELDS:
                 user.pop(field, None)
-    return Organisation(tree, people, restricted_fields=restricted_fields)
+    return Organisation(tree, people, restricted_fields=restricted_fields, tags=_make_tags(tree, people, seed))
+
+
+#: Tags of a generated organisation: (tag id, name, members, departments) as counts.
+_TAG_SHAPES = ((1, "财务审批", 3, 1), (2, "值班工程师", 4, 0), (3, "管理层", 0, 1), (4, "新员工", 2, 0))
+
+
+def _make_tags(tree: dict[int, dict[str, Any]], people: dict[str, dict[str, Any]], seed: int) -> dict[int, dict]:
+    """A few tags listing members and departments, from their own random stream (the rest is unchanged)."""
+    rng = random.Random(f"tags-{seed}")
+    userids = sorted(people)
+    departments = sorted(d for d in tree if d != 1) or [1]
+    tags: dict[int, dict[str, Any]] = {}
+    for tag_id, name, user_count, dept_count in _TAG_SHAPES:
+        tags[tag_id] = {
+            "tagid": tag_id,
+            "tagname": name,
+            "userlist": rng.sample(userids, min(user_count, len(userids))),
+            "partylist": rng.sample(departments, min(dept_count, len(departments))),
+        }
+    return tags

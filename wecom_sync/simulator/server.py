@@ -24,7 +24,9 @@ import requests
 from .events import CallbackTarget, Clock, department_fields, event_xml, user_fields
 from .faults import API_PREFIX, GETTOKEN_PATH, Faults
 from .login import LoginPages
+from .messages import MessageSimulation
 from .org import RESTRICTED_USER_FIELDS, Organisation, generate_organisation
+from .tags import TagSimulation
 
 logger = logging.getLogger("wecom_sync.simulator")
 
@@ -34,11 +36,17 @@ ERRMSGS: dict[int, str] = {
     40013: "invalid corpid",
     40014: "invalid access_token",
     40029: "invalid code",
+    40008: "invalid message type",
+    40056: "invalid agentid",
     40058: "invalid parameter",
+    40068: "invalid tagid",
+    40071: "UserTag Name Already Exist",
     41001: "access_token missing",
     41004: "corpsecret missing",
     42001: "access_token expired",
     43002: "require POST method",
+    44004: "empty content",
+    47001: "data format error",
     45009: "api freq out of limit",
     45033: "api concurrent out of limit",
     48002: "api forbidden",
@@ -49,6 +57,8 @@ ERRMSGS: dict[int, str] = {
     60111: "userid not found",
     60123: "invalid party id",
     60127: "missing department",
+    81013: "user & party & tag all invalid",
+    82001: "all touser & toparty & totag invalid",
     301002: "not allow operate another agent with this accesstoken",
 }
 
@@ -161,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
         return  # requests carry access tokens in the query string: never log them
 
 
-class WeComSimulator:
+class WeComSimulator(TagSimulation, MessageSimulation):
     """A WeCom API and callback simulator for tests, demos and benchmarks (context manager)."""
 
     def __init__(
@@ -188,6 +198,8 @@ class WeComSimulator:
         self.peak_in_flight: Counter[str] = Counter()
         self.events: list[str] = []
         self.deliveries: list[tuple[str, int]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.unlicensed_users: set[str] = set()
         self.base_url = ""
         self._calls_lock = threading.Lock()
         self._lock = threading.RLock()
@@ -208,6 +220,9 @@ class WeComSimulator:
             "user/simplelist": ("GET", self._user_simplelist),
             "user/list_id": ("POST", self._user_list_id),
             "auth/getuserinfo": ("GET", self._auth_getuserinfo),
+            "tag/list": ("GET", self._tag_list),
+            "tag/get": ("GET", self._tag_get),
+            "message/send": ("POST", self._message_send),
         }
         #: Sign in with WeCom: login codes, the authorize and web-login pages (simulator/login.py).
         self.login = LoginPages(self)
@@ -631,6 +646,7 @@ class WeComSimulator:
         return self._emit("update_user", payload, deliver)
 
     def _replace_references(self, old: str, new: str | None) -> None:
+        self._forget_in_tags(userid=old, new_userid=new)
         for dept in self.org.departments.values():
             leaders = dept.get("department_leader") or []
             if old in leaders:
@@ -711,6 +727,7 @@ class WeComSimulator:
             if self.org.members(dept["id"]):
                 raise SimulatorError(60005, "the department has members")
             del self.org.departments[dept["id"]]
+            self._forget_in_tags(department_id=dept["id"])
             self.org.invalidate()
             payload = department_fields("delete_party", dept, full=full_payload)
         return self._emit("delete_party", payload, deliver)

@@ -21,6 +21,7 @@ from ..snapshot import Snapshot
 from . import lock
 from .apply import Applier, iter_local_users, load_contacts, load_local_departments
 from .plan import build_full_plan, detect_renames, exceeds_threshold
+from .tags import apply_tag_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +247,8 @@ def _plan_and_apply(
     )
     applier.apply(plan, hold_removals=held)
     applier.heal_shared_accounts()
-    counters = dict(sorted(applier.counters.items()))
+    tags = apply_tag_snapshot(source, run, snapshot.tags, dry_run=dry_run)  # after users: tags link to them
+    counters = dict(sorted({**applier.counters, **tags.counters}.items()))
     counters["departments_unchanged"] = plan.unchanged_departments
     counters["users_unchanged"] = plan.unchanged_users
     counters["users_renamed"] = renames
@@ -257,10 +259,12 @@ def _plan_and_apply(
     run.counters = counters
     run.progress_done = applier.done
     run.progress_total = max(applier.total, applier.done)
-    failures = counters.get("users_failed", 0) + counters.get("departments_failed", 0)
+    failures = counters.get("users_failed", 0) + counters.get("departments_failed", 0) + counters.get("tags_failed", 0)
     messages = []
     if not snapshot.complete:
         messages.append(_problems_message(snapshot))
+    if not tags.complete:
+        messages.append(tags.message())
     if failures:
         messages.append(_("%(count)d object(s) could not be applied; see the failed changes.") % {"count": failures})
     if held:
@@ -285,7 +289,7 @@ def _plan_and_apply(
         )
     if held and not dry_run:
         status = SyncRun.Status.HELD
-    elif not snapshot.complete or failures:
+    elif not snapshot.complete or not tags.complete or failures:
         status = SyncRun.Status.PARTIAL
     else:
         status = SyncRun.Status.SUCCEEDED

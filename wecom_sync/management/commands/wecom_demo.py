@@ -65,6 +65,7 @@ class Command(BaseCommand):
                 self.step(_("Live changes in WeCom, delivered as encrypted callbacks"))
                 sim.set_callback(base_url + source.get_callback_path(), source.token, source.encoding_aes_key)
                 self.live_changes(sim, source)
+                self.send_demo_message(sim, source)
 
                 self.step(_("Sign in with WeCom"))
                 member = self.login_with_wecom(sim, source, base_url)
@@ -222,6 +223,24 @@ class Command(BaseCommand):
         if not ok:
             raise CommandError(_("Sign in with WeCom did not reach the admin; see docs/login.md."))
         return ext.userid
+
+    def send_demo_message(self, sim: Any, source: SyncSource) -> None:
+        """Send one app message to a synced member; the simulator's record says whether it arrived."""
+        from ...messages import send_message
+
+        self.step(_("An app message"))
+        ext = (ExternalUser.objects.filter(source=source, is_removed=False, status=ExternalUser.Status.ACTIVE,
+                                           user__isnull=False).select_related("user").order_by("userid_key").first())
+        if ext is None:
+            raise CommandError(_("No synced member to send a message to."))
+        sent = len(sim.messages)
+        result = send_message(source, users=[ext.user], text=_("Hello from the wecom_sync demo."))
+        ok = result.sent and any(ext.userid in m["recipients"] for m in sim.messages[sent:])
+        mark = self.style.SUCCESS("✔") if ok else self.style.ERROR("✘")
+        self.stdout.write(f"    {mark} " + _("message to %(user)s (%(userid)s) recorded by the simulator")
+                          % {"user": ext.user.get_username(), "userid": ext.userid})
+        if not ok:
+            raise CommandError(_("The app message did not reach the simulator."))
 
     def wait_forever(self) -> None:
         connection.close()
