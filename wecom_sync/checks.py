@@ -50,3 +50,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     if "rest_framework" not in settings.INSTALLED_APPS:
         errors.append(Error(_("wecom_sync needs 'rest_framework' in INSTALLED_APPS."), id="wecom_sync.E004"))
     return errors
+
+
+@register()
+def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list:
+    """Warn when syncs would go to Celery but the site created no Celery app (they would never run)."""
+    from .dispatch import app_is_configured, celery_app
+
+    if app_settings.RUN_TASKS_IN_PROCESS or celery_app().conf.task_always_eager or app_is_configured():
+        return []
+    return [
+        Warning(
+            _("No Celery app is configured: syncs and callback events sent to Celery would never run."),
+            hint=_("Add the Celery app file from the README (yourproject/celery.py, imported in "
+                   "yourproject/__init__.py), or set WECOM_SYNC['RUN_TASKS_IN_PROCESS'] = True to run them in "
+                   "the web process."),
+            id="wecom_sync.W002",
+        )
+    ]

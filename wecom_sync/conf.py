@@ -47,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "EVENT_MAX_ATTEMPTS": 5,
     # Pending events older than this many seconds are re-enqueued by the periodic task.
     "EVENT_REQUEUE_AFTER_SECONDS": 60,
+    # Run syncs in a thread of the web process and callback events right after their request, no broker.
+    "RUN_TASKS_IN_PROCESS": False,
+    # Before sending a sync to Celery, ask the workers to answer within this many seconds (0: don't ask).
+    "WORKER_PING_TIMEOUT": 1.0,
+    # A run still queued after this many seconds shows "no worker took this run" on its page.
+    "QUEUED_HINT_SECONDS": 60,
 }
 
 
@@ -136,6 +142,18 @@ class AppSettings:
     @property
     def EVENT_REQUEUE_AFTER_SECONDS(self) -> int:  # noqa: N802
         return int(self._get("EVENT_REQUEUE_AFTER_SECONDS"))
+
+    @property
+    def RUN_TASKS_IN_PROCESS(self) -> bool:  # noqa: N802
+        return bool(self._get("RUN_TASKS_IN_PROCESS"))
+
+    @property
+    def WORKER_PING_TIMEOUT(self) -> float:  # noqa: N802
+        return max(0.0, float(self._get("WORKER_PING_TIMEOUT")))
+
+    @property
+    def QUEUED_HINT_SECONDS(self) -> int:  # noqa: N802
+        return max(0, int(self._get("QUEUED_HINT_SECONDS")))
 
 
 app_settings = AppSettings()
