@@ -28,11 +28,15 @@ def celery_app() -> Any:
 
 
 def app_is_configured(app: Any = None) -> bool:
-    """Tell whether the site created a Celery app (else Celery falls back to its unconfigured default)."""
-    from celery import _state
+    """Tell whether the site created a Celery app (else Celery falls back to its unconfigured default).
+
+    Celery's fallback, made when no app exists, is named "default" and uses the default loader, which
+    never reads Django's CELERY_* settings.
+    """
+    from celery.loaders.default import Loader
 
     app = app if app is not None else celery_app()
-    return app is not _state.default_app and app.main != "default"
+    return not (app.main == "default" and isinstance(app.loader, Loader))
 
 
 def why_no_worker() -> str:
