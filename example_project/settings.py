@@ -6,9 +6,9 @@ Celery to a real broker; REDIS_URL=redis://... puts the Django cache (and so the
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import django
-from urllib.parse import unquote, urlparse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
