@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-insecure-key-change-me")
@@ -66,6 +68,13 @@ TEMPLATES = [
 WSGI_APPLICATION = "example_project.wsgi.application"
 
 
+# SQLite: wait for the write lock instead of failing at once, and (Django >= 5.1) write-ahead logging so that
+# the admin's readers never wait for a sync or a worker writing (docs/deployment.md, "SQLite").
+SQLITE_OPTIONS: dict = {"timeout": 30}
+if django.VERSION >= (5, 1):
+    SQLITE_OPTIONS["init_command"] = "PRAGMA journal_mode=WAL;"
+
+
 def database_from_url(url: str) -> dict:
     """Return a DATABASES entry for a postgres:// or sqlite:/// URL."""
     parsed = urlparse(url)
@@ -81,14 +90,14 @@ def database_from_url(url: str) -> dict:
         }
     if parsed.scheme == "sqlite":
         name = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": SQLITE_OPTIONS}
     raise ValueError(f"Unsupported DATABASE_URL scheme: {parsed.scheme!r}")
 
 
 DATABASES = {
     "default": database_from_url(os.environ["DATABASE_URL"])
     if os.environ.get("DATABASE_URL")
-    else {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3", "OPTIONS": {"timeout": 30}}
+    else {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3", "OPTIONS": SQLITE_OPTIONS}
 }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -1,5 +1,7 @@
 """Settings object and system checks."""
 
+from contextlib import contextmanager
+
 from django.core import checks
 from django.test import override_settings
 
@@ -21,6 +23,9 @@ def test_every_default_has_a_property():
 
 
 def _ids(**kwargs):
+    # databases=[]: only the static checks. Django 6.1 runs the database checks of every alias when
+    # databases is None (its JSONField check then opens a connection), which these tests do not need.
+    kwargs.setdefault("databases", [])
     return {m.id for m in checks.run_checks(include_deployment_checks=False, **kwargs)}
 
 
@@ -50,3 +55,33 @@ def test_bad_settings_are_errors():
         assert "wecom_sync.E002" in _ids()
     with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["k"], "LINK_EXISTING_BY": ["phone"]}):
         assert "wecom_sync.E003" in _ids()
+
+
+@contextmanager
+def current_celery_app(app):
+    """Make ``app`` Celery's current app for the block (the site's own app again afterwards)."""
+    from celery import _state
+
+    previous = _state.get_current_app()
+    _state._set_current_app(app)
+    try:
+        yield app
+    finally:
+        _state._set_current_app(previous)
+
+
+def unconfigured_celery_app():
+    """What a site that never created a Celery app sends tasks with: Celery's fallback app."""
+    from celery import Celery
+
+    return Celery("default", fixups=[], set_as_current=False, loader="default")
+
+
+def test_no_celery_app_warns_unless_tasks_run_in_process():
+    with current_celery_app(unconfigured_celery_app()):
+        with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["k"]}):
+            assert "wecom_sync.W002" in _ids()
+        with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["k"], "RUN_TASKS_IN_PROCESS": True}):
+            assert "wecom_sync.W002" not in _ids()
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": ["k"]}):
+        assert "wecom_sync.W002" not in _ids()  # the example project's app is configured

@@ -30,7 +30,7 @@ from tests.factories import AES_KEY, TOKEN, make_source
 from wecom_sync.crypto import WeComCrypto, pkcs7_pad, signature
 from wecom_sync.simulator.events import event_xml
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.fuzz]
 
 TOTAL = int(os.environ.get("WECOM_FUZZ_EXAMPLES", "10000"))
 #: Share of the examples each strategy gets.

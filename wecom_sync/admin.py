@@ -255,7 +255,15 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
                        else gettext("Started a sync (run #%(run)s).")) % {"run": run.pk}
             log_action(request, run.source, message)
 
+    def _report_not_started(self, request: HttpRequest, run: SyncRun) -> None:
+        self.message_user(request, gettext("%(source)s: the sync was not started. %(reason)s") % {
+            "source": run.source.name, "reason": run.message}, messages.ERROR)
+
     def _report_started(self, request: HttpRequest, runs: list[SyncRun], skipped: int) -> None:
+        failed = [run for run in runs if run.status == SyncRun.Status.FAILED]
+        for run in failed:  # not sent to any worker: say why now, never "Queued"
+            self._report_not_started(request, run)
+        runs = [run for run in runs if run not in failed]
         if runs:
             self.message_user(request, ngettext(
                 "Queued %(count)d run.", "Queued %(count)d runs.", len(runs)) % {"count": len(runs)},
@@ -474,6 +482,7 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
             "can_run_sync": can_run_sync(request),
             "progress": run_progress(run),
             "counter_rows": counter_rows(run.counters),
+            "queued_hint": queued_too_long(run),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra)
@@ -526,9 +535,25 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
         new_run = services.enqueue_full_sync(run.source, dry_run=run.kind == SyncRun.Kind.DRY_RUN,
                                              trigger="retry", requested_by=request.user)
         log_action(request, run, gettext("Retried as run #%(run)s.") % {"run": new_run.pk})
-        log_action(request, run.source, gettext("Started a sync (run #%(run)s).") % {"run": new_run.pk})
-        self.message_user(request, gettext("Queued a new run."), messages.SUCCESS)
+        if new_run.status == SyncRun.Status.FAILED:
+            self.message_user(request, gettext("%(source)s: the sync was not started. %(reason)s") % {
+                "source": new_run.source.name, "reason": new_run.message}, messages.ERROR)
+        else:
+            log_action(request, run.source, gettext("Started a sync (run #%(run)s).") % {"run": new_run.pk})
+            self.message_user(request, gettext("Queued a new run."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[new_run.pk]))
+
+
+def queued_too_long(run: SyncRun) -> bool:
+    """Tell whether a run is still queued QUEUED_HINT_SECONDS after it was created (no worker took it)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from .conf import app_settings
+
+    limit = timezone.now() - timedelta(seconds=app_settings.QUEUED_HINT_SECONDS)
+    return run.status == SyncRun.Status.QUEUED and run.created_at <= limit
 
 
 def run_progress(run: SyncRun) -> dict:

@@ -101,3 +101,21 @@ def check_login_button(app_configs: Any = None, **kwargs: Any) -> list:
             )
         ]
     return []
+
+
+@register()
+def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list:
+    """Warn when syncs would go to Celery but the site created no Celery app (they would never run)."""
+    from .dispatch import app_is_configured, celery_app
+
+    if app_settings.RUN_TASKS_IN_PROCESS or celery_app().conf.task_always_eager or app_is_configured():
+        return []
+    return [
+        Warning(
+            _("No Celery app is configured: syncs and callback events sent to Celery would never run."),
+            hint=_("Add the Celery app file from the README (yourproject/celery.py, imported in "
+                   "yourproject/__init__.py), or set WECOM_SYNC['RUN_TASKS_IN_PROCESS'] = True to run them in "
+                   "the web process."),
+            id="wecom_sync.W002",
+        )
+    ]

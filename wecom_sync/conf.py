@@ -72,6 +72,12 @@ DEFAULTS: dict[str, Any] = {
     "LOGIN_CREATE_USERS": False,
     # Sign in with WeCom: seconds a login's state stays valid (WeCom's codes live 5 minutes).
     "LOGIN_STATE_MAX_AGE": 600,
+    # Run syncs in a thread of the web process and callback events right after their request, no broker.
+    "RUN_TASKS_IN_PROCESS": False,
+    # Before sending a sync to Celery, ask the workers to answer within this many seconds (0: don't ask).
+    "WORKER_PING_TIMEOUT": 1.0,
+    # A run still queued after this many seconds shows "no worker took this run" on its page.
+    "QUEUED_HINT_SECONDS": 60,
 }
 
 
@@ -212,6 +218,18 @@ class AppSettings:
     @property
     def LOGIN_STATE_MAX_AGE(self) -> int:  # noqa: N802
         return max(1, int(self._get("LOGIN_STATE_MAX_AGE")))
+
+    @property
+    def RUN_TASKS_IN_PROCESS(self) -> bool:  # noqa: N802
+        return bool(self._get("RUN_TASKS_IN_PROCESS"))
+
+    @property
+    def WORKER_PING_TIMEOUT(self) -> float:  # noqa: N802
+        return max(0.0, float(self._get("WORKER_PING_TIMEOUT")))
+
+    @property
+    def QUEUED_HINT_SECONDS(self) -> int:  # noqa: N802
+        return max(0, int(self._get("QUEUED_HINT_SECONDS")))
 
 
 app_settings = AppSettings()

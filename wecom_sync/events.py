@@ -66,6 +66,9 @@ def enqueue_event(event_id: int) -> bool:
     """
     from .tasks import process_callback_event  # tasks sit on top of this module
 
+    if app_settings.RUN_TASKS_IN_PROCESS:  # no broker: process it here, after the request's commit
+        process_callback_event.apply((event_id,))
+        return True
     try:
         process_callback_event.apply_async(
             (event_id,),

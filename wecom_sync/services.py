@@ -76,10 +76,11 @@ def enqueue_full_sync(
 ) -> SyncRun:
     """Create a queued run and hand it to a Celery worker (``tasks.full_sync``); return the run.
 
-    The run row is saved (autocommit) before the task is sent, so the worker finds it. If the broker
-    cannot be reached the run ends ``failed`` with a message instead of waiting forever.
+    The run row is saved (autocommit) before the task is sent, so the worker finds it. If no Celery app
+    is configured, the broker cannot be reached or no worker answers a ping, the run ends ``failed`` at
+    once with the reason instead of waiting forever. With RUN_TASKS_IN_PROCESS it runs in a thread here.
     """
-    from . import tasks  # the task module sits above the services; imported here, when needed
+    from . import dispatch, tasks  # the task module sits above the services; imported here, when needed
 
     run = SyncRun.objects.create(
         source=source,
@@ -89,6 +90,15 @@ def enqueue_full_sync(
         status=SyncRun.Status.QUEUED,
         requested_by=requested_by if getattr(requested_by, "pk", None) else None,
     )
+    if app_settings.RUN_TASKS_IN_PROCESS:
+        dispatch.start_in_process(source.pk, run.pk, dry_run=dry_run, force=force, trigger=trigger)
+        return run
+    reason = dispatch.why_no_worker()
+    if reason:
+        SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.QUEUED).update(
+            status=SyncRun.Status.FAILED, finished_at=timezone.now(), message=reason)
+        run.refresh_from_db()
+        return run
     try:
         result = tasks.full_sync.delay(source.pk, dry_run=dry_run, force=force, trigger=trigger, run_id=run.pk)
     except Exception as exc:  # noqa: BLE001 - kombu raises several types when the broker is down

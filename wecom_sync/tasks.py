@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import shared_task
+from django.utils import timezone
 
 from . import events, services
-from .models import SyncRun, SyncSource
+from .models import CallbackEvent, SyncRun, SyncSource
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="wecom_sync.tasks.full_sync", bind=True, ignore_result=True)
@@ -46,10 +52,41 @@ def close_stale_runs() -> int:
     return services.close_stale_runs()
 
 
-@shared_task(name="wecom_sync.tasks.process_callback_event", ignore_result=True)
-def process_callback_event(event_id: int) -> str | None:
-    """Process one stored callback event (idempotent; failures are recorded on the event and retried)."""
-    return events.process_event(event_id)
+#: When even recording a failure failed (e.g. SQLite "database is locked"), try the event again this much later.
+UNRECORDED_RETRY_SECONDS = 30
+
+
+@shared_task(name="wecom_sync.tasks.process_callback_event", bind=True, ignore_result=True)
+def process_callback_event(self, event_id: int) -> str | None:  # noqa: ANN001 - the bound Celery task
+    """Process one stored callback event (idempotent; failures are recorded on the event and retried).
+
+    An event left pending (a failed attempt, or deferred while a full sync runs) is sent again for its
+    next attempt, so it is retried without beat; the periodic requeue stays a safety net.
+    """
+    try:
+        status = events.process_event(event_id)
+    except Exception:
+        schedule_event_retry(self, event_id, UNRECORDED_RETRY_SECONDS)
+        raise
+    if status == CallbackEvent.Status.PENDING:
+        due = CallbackEvent.objects.filter(pk=event_id).values_list("next_attempt_at", flat=True).first()
+        delay = (due - timezone.now()).total_seconds() if due else UNRECORDED_RETRY_SECONDS
+        schedule_event_retry(self, event_id, delay)
+    return status
+
+
+def schedule_event_retry(task: Any, event_id: int, delay: float) -> bool:
+    """Send the event again in ``delay`` seconds (not when tasks run eagerly: that would loop at once)."""
+    if task.request.is_eager or task.app.conf.task_always_eager:
+        return False
+    try:
+        process_callback_event.apply_async((event_id,), countdown=max(1, round(delay)))
+    except Exception as exc:  # noqa: BLE001 - the broker is down: requeue_pending_events sends it later
+        logger.warning("wecom_sync.events.retry_not_sent", extra={"event_id": event_id,
+                                                                   "error_type": type(exc).__name__})
+        return False
+    logger.info("wecom_sync.events.retry_scheduled", extra={"event_id": event_id, "countdown": round(delay)})
+    return True
 
 
 @shared_task(name="wecom_sync.tasks.requeue_pending_events", ignore_result=True)

@@ -108,11 +108,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, simulator: WeComSimulator) -> None:
+    def __init__(self, simulator: WeComSimulator, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.simulator = simulator
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(address, _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -231,11 +231,11 @@ class WeComSimulator(TagSimulation, MessageSimulation):
         return f"WeComSimulator(base_url={self.base_url!r}, corp_id={self.corp_id!r}, org={self.org!r})"
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> WeComSimulator:
-        """Start serving on a free port of 127.0.0.1 in a background thread."""
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> WeComSimulator:
+        """Start serving in a background thread, on a free port of 127.0.0.1 unless told otherwise."""
         if self._server is not None:
             return self
-        self._server = _Server(self)
+        self._server = _Server(self, (host, port))
         host, port = self._server.server_address[:2]
         self.base_url = f"http://{host}:{port}"
         self._thread = threading.Thread(

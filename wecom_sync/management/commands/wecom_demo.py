@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
+import shlex
+import sys
 import threading
 import time
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
@@ -16,6 +21,9 @@ from django.utils.translation import gettext as _
 
 from ...crypto import generate_encoding_aes_key, generate_token
 from ...models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncSource
+
+#: The demo's own superuser in a site that already has users (never an existing account).
+DEMO_LOGIN = "wecom_demo"
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -33,16 +41,23 @@ class Command(BaseCommand):
         parser.add_argument("--serve", action="store_true",
                             help=_("Keep the simulator and the admin running on --port until Ctrl+C."))
         parser.add_argument("--port", type=int, default=8000, help=_("Port of the admin with --serve."))
+        parser.add_argument("--cleanup", action="store_true",
+                            help=_("Remove the demo source, the accounts its sync created and the demo login."))
 
     def handle(self, *args: Any, **options: Any) -> None:
         from ...simulator import WeComSimulator, generate_organisation
 
-        if not getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False):
+        if options["cleanup"]:
+            self.cleanup()
+            return
+        from ...conf import app_settings
+
+        if not getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False) and not app_settings.RUN_TASKS_IN_PROCESS:
             self.stdout.write(self.style.WARNING(
                 _("Celery is not eager (CELERY_BROKER_URL is set): a worker must be running for events.")))
         self.step(_("Preparing the database"))
         call_command("migrate", interactive=False, verbosity=0)
-        admin_user = self.ensure_superuser()
+        admin_user, admin_password = self.ensure_login()
 
         self.step(_("Generating a WeCom organisation of %(users)d members in %(departments)d departments")
                   % {"users": options["users"], "departments": options["departments"]})
@@ -72,29 +87,81 @@ class Command(BaseCommand):
 
                 self.step(_("Done"))
                 self.stdout.write(_("Admin: log in as %(user)s / %(password)s") % {"user": admin_user,
-                                                                                   "password": "admin"})
+                                                                                   "password": admin_password})
                 if options["serve"]:
                     self.stdout.write(_("Open %(url)s/admin/ — Ctrl+C stops the demo.") % {"url": base_url})
                     self.stdout.write(_("Or click “Log in with WeCom” on the admin login page and pick %(member)s "
                                         "(a staff member) on the simulator's page.") % {"member": member})
                     self.wait_forever()
                 else:
-                    self.stdout.write(_("To explore in the admin with the simulator still running: "
-                                        "python manage.py wecom_demo --serve, then open "
-                                        "http://127.0.0.1:8000/admin/"))
+                    self.stdout.write(_("To explore in the admin with the simulator still running: %(command)s, "
+                                        "then open http://127.0.0.1:8000/admin/") % {
+                                            "command": self.own_command("--serve")})
         finally:
             server.shutdown()
             server.server_close()
+            self.park_source()
+        self.stdout.write(_("Remove the demo source and what it created with: %(command)s")
+                          % {"command": self.own_command("--cleanup")})
 
     # -- steps ---------------------------------------------------------------------------------------
     def step(self, text: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n▶ {text}"))
 
-    def ensure_superuser(self) -> str:
+    def own_command(self, *extra: str) -> str:
+        """Return the command that runs this demo again, with this very Python (no venv to activate)."""
+        script = sys.argv[0] if sys.argv and sys.argv[0].endswith("manage.py") else "manage.py"
+        return shlex.join([sys.executable, script, "wecom_demo", *extra])
+
+    def ensure_login(self) -> tuple[str, str]:
+        """Return (username, password) of a superuser to explore the demo with.
+
+        A fresh database gets admin / admin. A site that already has users keeps them untouched: the demo
+        makes (or resets) its own login, DEMO_LOGIN, with a new random password, and says so.
+        """
         User = get_user_model()  # noqa: N806 - Django idiom
-        if not User.objects.filter(username="admin").exists():
+        fresh_admin = User.objects.filter(username="admin").first()
+        if fresh_admin is not None and fresh_admin.check_password("admin"):
+            return "admin", "admin"
+        if not User.objects.exists():
             User.objects.create_superuser("admin", "admin@example.com", "admin")
-        return "admin"
+            return "admin", "admin"
+        password = secrets.token_urlsafe(12)
+        demo = User.objects.filter(username=DEMO_LOGIN).first()
+        if demo is None:
+            demo = User.objects.create_superuser(DEMO_LOGIN, "", password)
+        else:
+            demo.is_active = demo.is_staff = demo.is_superuser = True
+            demo.set_password(password)
+            demo.save()
+        self.stdout.write(self.style.WARNING(
+            _("This site already has users: the demo uses its own login, %(user)s (its password is below; "
+              "--cleanup removes it).") % {"user": DEMO_LOGIN}))
+        return DEMO_LOGIN, password
+
+    def park_source(self) -> None:
+        """Disable the demo source once its simulator is gone, so nothing syncs against a dead port."""
+        connection.close_if_unusable_or_obsolete()
+        SyncSource.objects.filter(slug="demo").update(enabled=False)
+
+    def cleanup(self) -> None:
+        """Delete the demo source (runs, events and mirror rows go with it), the accounts its sync created
+        and the demo login; accounts the demo only linked are kept."""
+        User = get_user_model()  # noqa: N806 - Django idiom
+        source = SyncSource.objects.filter(slug="demo").first()
+        created = 0
+        if source is not None:
+            user_ids = list(ExternalUser.objects.filter(
+                source=source, account_origin=ExternalUser.AccountOrigin.CREATED, user__isnull=False,
+            ).values_list("user_id", flat=True))
+            source.delete()
+            for start in range(0, len(user_ids), 500):
+                created += User.objects.filter(pk__in=user_ids[start:start + 500], is_superuser=False).delete()[1].get(
+                    User._meta.label, 0)
+        logins = User.objects.filter(username=DEMO_LOGIN).delete()[1].get(User._meta.label, 0)
+        self.stdout.write(_("Removed the demo source: %(source)s; accounts its sync created: %(users)d; demo "
+                            "login: %(logins)d.") % {"source": _("yes") if source else _("none found"),
+                                                     "users": created, "logins": logins})
 
     def ensure_source(self, sim: Any) -> SyncSource:
         source = SyncSource.objects.filter(slug="demo").first() or SyncSource(slug="demo")
@@ -118,7 +185,10 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(_("Cannot listen on 127.0.0.1:%(port)d: %(error)s") % {"port": port, "error": exc}) \
                 from exc
-        server.set_app(get_internal_wsgi_application())
+        app = get_internal_wsgi_application()
+        if apps.is_installed("django.contrib.staticfiles"):
+            app = StaticFilesHandler(app)  # the admin's CSS and JavaScript, whatever DEBUG says
+        server.set_app(app)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server, f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -243,6 +313,12 @@ class Command(BaseCommand):
             raise CommandError(_("The app message did not reach the simulator."))
 
     def wait_forever(self) -> None:
+        import signal
+
+        def stop(*_args: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl+C (the source is parked)
         connection.close()
         try:
             while True:
