@@ -103,6 +103,9 @@ def test_readme_install_blocks_wire_a_fresh_site_from_the_wheel(tmp_path):
         elif lang == "bash":
             # The package itself is already installed from the wheel under test.
             script += [line for line in text.splitlines() if not line.startswith("pip install")]
+    # docs/simulator.md: a site tested against the simulator lets its API base URL point at loopback.
+    with (site / "mysite" / "settings.py").open("a", encoding="utf-8") as fh:
+        fh.write('\nWECOM_SYNC["API_HOSTS"] = ["qyapi.weixin.qq.com", "127.0.0.1", "localhost"]\n')
     script.append('printf %s "$WECOM_SYNC_KEY" > .wecom_key')
     result = run(["bash", "-c", "\n".join(script)], cwd=site, env=env)
     assert "wecom_sync.W" not in result.stdout + result.stderr, result.stdout + result.stderr
