@@ -21,7 +21,7 @@ class WeComSyncConfig(AppConfig):
         if apps.is_installed("django.contrib.admin"):
             # When wecom_sync comes before the admin in INSTALLED_APPS, its admin module ran before the user
             # admin was registered: add the "Send a WeCom message" action now (idempotent).
-            from .admin_messages import install
+            from .admin.messages import install
 
             install()
         self.add_admin_login_button()

@@ -21,8 +21,8 @@ from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from .forms import SendMessageForm
-from .models import ExternalUser, SyncSource
+from ..forms import SendMessageForm
+from ..models import ExternalUser, SyncSource
 
 SEND_MESSAGE_PERMISSION = "wecom_sync.send_message"
 
@@ -37,8 +37,8 @@ def queue_message(source: SyncSource, recipients: QuerySet | list, content: dict
 
     ``recipients`` are Django users or ``ExternalUser`` rows; WeCom users of another source are skipped.
     """
-    from .messages import resolve_users
-    from .tasks import send_message
+    from ..messages import resolve_users
+    from ..tasks import send_message
 
     rows = list(recipients)
     user_ids: list[int] = []
