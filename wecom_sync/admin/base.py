@@ -6,6 +6,8 @@ import contextvars
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest
 
@@ -21,12 +23,8 @@ def can_run_sync(request: HttpRequest) -> bool:
     return bool(request.user.is_active and request.user.has_perm(RUN_SYNC_PERMISSION))
 
 
-
 def log_action(request: HttpRequest, obj: Any, message: str) -> None:
     """Record an admin action on ``obj`` in the admin history (LogEntry), with the acting user."""
-    from django.contrib.admin.models import CHANGE, LogEntry
-    from django.contrib.contenttypes.models import ContentType
-
     user = getattr(request, "user", None)
     if user is None or not getattr(user, "pk", None):
         return
@@ -34,7 +32,7 @@ def log_action(request: HttpRequest, obj: Any, message: str) -> None:
         LogEntry.objects.log_actions(user.pk, [obj], CHANGE, change_message=message, single_object=True)
     else:
         content_type = ContentType.objects.get_for_model(type(obj))
-        LogEntry.objects.log_action(
+        LogEntry.objects.log_action(  # type: ignore[attr-defined]  # Django < 5.1 (log_action is gone in 6.0)
             user_id=user.pk, content_type_id=content_type.pk, object_id=obj.pk, object_repr=str(obj)[:200],
             action_flag=CHANGE, change_message=message,
         )
@@ -70,3 +68,26 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class RequestInContextMixin:
+    """Renders the change form while the request is known, so read-only fields can use it.
+
+    Django calls a read-only field's display method with the object only; ``current_request()`` gives it
+    the request (for an absolute callback URL, or a permission check) during ``changeform_view``.
+    """
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        token = _current_request.set(request)
+        try:
+            response = super().changeform_view(request, *args, **kwargs)  # type: ignore[misc]
+            if hasattr(response, "render") and not getattr(response, "is_rendered", True):
+                response.render()
+            return response
+        finally:
+            _current_request.reset(token)
+
+
+def current_request() -> HttpRequest | None:
+    """Return the request whose change form is being rendered, or None outside ``changeform_view``."""
+    return _current_request.get()

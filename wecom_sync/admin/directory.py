@@ -17,14 +17,9 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .. import services
-from ..models import (
-    ExternalDepartment,
-    ExternalMembership,
-    ExternalTag,
-    ExternalUser,
-    SyncSource,
-)
-from .base import ReadOnlyAdmin, _current_request, log_action, object_or_404
+from ..models import ExternalDepartment, ExternalMembership, ExternalTag, ExternalUser
+from .base import ReadOnlyAdmin, RequestInContextMixin, current_request, log_action, object_or_404
+from .display import department_trees
 
 
 @admin.register(ExternalDepartment)
@@ -51,31 +46,10 @@ class ExternalDepartmentAdmin(ReadOnlyAdmin):
     def tree_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        sources = []
-        for source in SyncSource.objects.all():
-            rows = list(
-                ExternalDepartment.objects.filter(source=source, is_removed=False)
-                .annotate(member_count=Count("memberships"))
-                .values("id", "parent_id", "name", "department_id", "member_count", "order")
-            )
-            children: dict[Any, list] = {}
-            ids = {row["id"] for row in rows}
-            for row in rows:
-                parent = row["parent_id"] if row["parent_id"] in ids else None
-                children.setdefault(parent, []).append(row)
-            for items in children.values():
-                items.sort(key=lambda r: (-r["order"], r["department_id"]))
-            lines: list[tuple[int, dict]] = []
-            stack = [(0, row) for row in reversed(children.get(None, []))]
-            while stack:
-                depth, row = stack.pop()
-                lines.append((depth, row))
-                stack.extend((depth + 1, child) for child in reversed(children.get(row["id"], [])))
-            sources.append((source, [{"indent": depth * 24, **row} for depth, row in lines]))
         return TemplateResponse(request, "admin/wecom_sync/externaldepartment/tree.html", {
             **self.admin_site.each_context(request),
             "title": gettext("Department tree"),
-            "sources": sources,
+            "sources": department_trees(),
             "opts": self.model._meta,
         })
 
@@ -119,7 +93,7 @@ class ManualLinkForm(forms.Form):
 
 
 @admin.register(ExternalUser)
-class ExternalUserAdmin(ReadOnlyAdmin):
+class ExternalUserAdmin(RequestInContextMixin, ReadOnlyAdmin):
     list_display = ("userid", "name", "source", "status", "django_user", "account_origin", "is_removed",
                     "updated_at")
     list_filter = ("source", "status", "is_removed", "account_origin")
@@ -136,21 +110,11 @@ class ExternalUserAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("link by hand"))
     def link_by_hand(self, obj: ExternalUser) -> str:
-        request = _current_request.get()
+        request = current_request()
         if obj.pk is None or request is None or not self.can_link_by_hand(request):
             return "-"
         url = reverse("admin:wecom_sync_externaluser_link", args=[obj.pk])
         return format_html('<a class="button" href="{}">{}</a>', url, gettext("Link to an account by hand"))
-
-    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        token = _current_request.set(request)
-        try:
-            response = super().changeform_view(request, *args, **kwargs)
-            if hasattr(response, "render") and not getattr(response, "is_rendered", True):
-                response.render()
-            return response
-        finally:
-            _current_request.reset(token)
 
     def get_urls(self) -> list:
         return [
@@ -159,7 +123,7 @@ class ExternalUserAdmin(ReadOnlyAdmin):
         ] + super().get_urls()
 
     def link_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-
+        """Link a member to an existing account chosen by login name, and record it in the history."""
         if not self.can_link_by_hand(request):
             raise PermissionDenied
         ext = object_or_404(ExternalUser, object_id)
@@ -182,11 +146,12 @@ class ExternalUserAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("Django user"), ordering="user__username")
     def django_user(self, obj: ExternalUser) -> str:
-        if obj.user_id is None:
+        user = obj.user
+        if user is None:
             return "-"
-        meta = obj.user._meta
-        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.user_id])
-        return format_html('<a href="{}">{}</a>', url, obj.user.get_username())
+        meta = user._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[user.pk])
+        return format_html('<a href="{}">{}</a>', url, user.get_username())
 
 
 @admin.register(ExternalMembership)
@@ -223,10 +188,11 @@ class ExternalTagAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("mirrored group"))
     def mirrored_group(self, obj: ExternalTag) -> str:
-        if obj.group_id is None:
+        group = obj.group
+        if group is None:
             return "-"
         try:
-            url = reverse("admin:auth_group_change", args=[obj.group_id])
+            url = reverse("admin:auth_group_change", args=[group.pk])
         except NoReverseMatch:  # the site does not register the Group admin
-            return obj.group.name
-        return format_html('<a href="{}">{}</a>', url, obj.group.name)
+            return group.name
+        return format_html('<a href="{}">{}</a>', url, group.name)

@@ -8,15 +8,16 @@ from django.http import HttpRequest
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from ..models import (
-    CallbackEvent,
-)
+from ..events import reprocess_events
+from ..models import CallbackEvent
 from .base import ReadOnlyAdmin, RunSyncPermissionMixin, log_action
 from .display import badge
 
 
 @admin.register(CallbackEvent)
 class CallbackEventAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
+    """The callback inbox: events as received, read-only, with a "Reprocess" action for run_sync users."""
+
     list_display = ("received_at", "source", "change_type", "object_id", "status_badge", "attempts", "run")
     list_filter = ("source", "status", "change_type")
     search_fields = ("object_id", "dedupe_key")
@@ -29,8 +30,6 @@ class CallbackEventAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
 
     def reprocess(self, queryset: QuerySet) -> int:
         """Reset the events and enqueue them again; return how many were queued."""
-        from ..events import reprocess_events
-
         return reprocess_events(queryset)
 
     @admin.action(description=_("Reprocess the selected events"), permissions=["run_sync"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -10,17 +12,20 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from .. import services
-from ..models import (
-    SyncRun,
-    SyncRunChange,
-)
+from ..conf import app_settings
+from ..models import SyncRun, SyncRunChange
 from .base import ReadOnlyAdmin, RunSyncPermissionMixin, can_run_sync, log_action, object_or_404
-from .display import badge, counter_label, counter_rows, summarize_counters
+from .display import badge, counter_label, counter_rows, not_started_message, summarize_counters
+
+#: The run page lists at most this many planned changes (and held removals); the totals count them all.
+PAGE_ROWS = 500
+RETRYABLE = (SyncRun.Status.FAILED, SyncRun.Status.PARTIAL, SyncRun.Status.CANCELLED, SyncRun.Status.REJECTED)
 
 
 class ActionFilter(admin.SimpleListFilter):
@@ -87,72 +92,47 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
                     extra_context: dict | None = None) -> HttpResponse:
         run = object_or_404(SyncRun, object_id)
-        changes = run.changes.all()
-        action = request.GET.get("action", "")
-        object_type = request.GET.get("object_type", "")
-        if action:
-            changes = changes.filter(action=action)
-        if object_type:
-            changes = changes.filter(object_type=object_type)
-        counts = dict(run.changes.values_list("action").annotate(n=Count("id")).values_list("action", "n"))
         extra = {
-            "run": run,
-            "changes": changes[:500],
-            "changes_total": changes.count(),
-            "action_counts": [(value, label, counts.get(value, 0)) for value, label in SyncRunChange.Action.choices
-                              if counts.get(value)],
-            "selected_action": action,
-            "pending_removals": run.changes.filter(applied=False).exclude(action="failed")[:500]
-            if run.status == SyncRun.Status.HELD else [],
-            "pending_count": run.changes.filter(applied=False).exclude(action="failed").count()
-            if run.status == SyncRun.Status.HELD else 0,
+            **run_page_context(run, action=request.GET.get("action", ""),
+                               object_type=request.GET.get("object_type", "")),
             "can_run_sync": can_run_sync(request),
-            "progress": run_progress(run),
-            "counter_rows": counter_rows(run.counters),
-            "queued_hint": queued_too_long(run),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra)
 
-    def approve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-
+    def _decide(self, request: HttpRequest, pk: int, decide: Callable[..., Any], *, refused: str, logged: str,
+                done: str) -> HttpResponse:
+        """Approve or reject a held run with ``decide``; report, record it and go back to the run page."""
         self._require_run_sync(request)
         run = get_object_or_404(SyncRun, pk=pk)
         if run.status != SyncRun.Status.HELD:
-            self.message_user(request, gettext("Only a held run can be approved."), messages.ERROR)
+            self.message_user(request, refused, messages.ERROR)
         else:
             try:
-                services.approve_run(run, user=request.user)
+                decide(run, user=request.user)
             except services.RunStateError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
-                log_action(request, run, gettext("Approved the held removals."))
-                self.message_user(request, gettext("Approved: the held removals are being applied."),
-                                  messages.SUCCESS)
+                log_action(request, run, logged)
+                self.message_user(request, done, messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
+
+    def approve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        return self._decide(request, pk, services.approve_run,
+                            refused=gettext("Only a held run can be approved."),
+                            logged=gettext("Approved the held removals."),
+                            done=gettext("Approved: the held removals are being applied."))
 
     def reject_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-
-        self._require_run_sync(request)
-        run = get_object_or_404(SyncRun, pk=pk)
-        if run.status != SyncRun.Status.HELD:
-            self.message_user(request, gettext("Only a held run can be rejected."), messages.ERROR)
-        else:
-            try:
-                services.reject_run(run, user=request.user)
-            except services.RunStateError as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-            else:
-                log_action(request, run, gettext("Rejected the held removals."))
-                self.message_user(request, gettext("Rejected: nobody was removed."), messages.SUCCESS)
-        return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
+        return self._decide(request, pk, services.reject_run,
+                            refused=gettext("Only a held run can be rejected."),
+                            logged=gettext("Rejected the held removals."),
+                            done=gettext("Rejected: nobody was removed."))
 
     def retry_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-
         self._require_run_sync(request)
         run = get_object_or_404(SyncRun, pk=pk)
-        if run.status not in (SyncRun.Status.FAILED, SyncRun.Status.PARTIAL, SyncRun.Status.CANCELLED,
-                              SyncRun.Status.REJECTED):
+        if run.status not in RETRYABLE:
             self.message_user(request, gettext("Only a failed, partial, cancelled or rejected run can be retried."),
                               messages.ERROR)
             return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[pk]))
@@ -160,22 +140,41 @@ class SyncRunAdmin(RunSyncPermissionMixin, ReadOnlyAdmin):
                                              trigger="retry", requested_by=request.user)
         log_action(request, run, gettext("Retried as run #%(run)s.") % {"run": new_run.pk})
         if new_run.status == SyncRun.Status.FAILED:
-            self.message_user(request, gettext("%(source)s: the sync was not started. %(reason)s") % {
-                "source": new_run.source.name, "reason": new_run.message}, messages.ERROR)
+            self.message_user(request, not_started_message(new_run), messages.ERROR)
         else:
             log_action(request, run.source, gettext("Started a sync (run #%(run)s).") % {"run": new_run.pk})
             self.message_user(request, gettext("Queued a new run."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:wecom_sync_syncrun_change", args=[new_run.pk]))
 
 
+def run_page_context(run: SyncRun, *, action: str = "", object_type: str = "") -> dict[str, Any]:
+    """Return what the run page shows: its changes (filtered by action and object type), held removals,
+    progress and counters."""
+    changes = run.changes.all()
+    if action:
+        changes = changes.filter(action=action)
+    if object_type:
+        changes = changes.filter(object_type=object_type)
+    counts = dict(run.changes.values_list("action").annotate(n=Count("id")).values_list("action", "n"))
+    held = run.status == SyncRun.Status.HELD
+    pending = run.changes.filter(applied=False).exclude(action="failed")
+    return {
+        "run": run,
+        "changes": changes[:PAGE_ROWS],
+        "changes_total": changes.count(),
+        "action_counts": [(value, label, counts.get(value, 0)) for value, label in SyncRunChange.Action.choices
+                          if counts.get(value)],
+        "selected_action": action,
+        "pending_removals": pending[:PAGE_ROWS] if held else [],
+        "pending_count": pending.count() if held else 0,
+        "progress": run_progress(run),
+        "counter_rows": counter_rows(run.counters),
+        "queued_hint": queued_too_long(run),
+    }
+
+
 def queued_too_long(run: SyncRun) -> bool:
     """Tell whether a run is still queued QUEUED_HINT_SECONDS after it was created (no worker took it)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from ..conf import app_settings
-
     limit = timezone.now() - timedelta(seconds=app_settings.QUEUED_HINT_SECONDS)
     return run.status == SyncRun.Status.QUEUED and run.created_at <= limit
 

@@ -16,18 +16,56 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from .. import services
+from ..diagnostics import probe_source
 from ..forms import SECRET_FIELDS, SyncSourceForm, mask
-from ..models import (
-    SECRETS_UNREADABLE_MESSAGE,
-    SyncRun,
-    SyncSource,
-)
-from .base import RunSyncPermissionMixin, _current_request, can_run_sync, log_action
-from .display import badge, summarize_counters
+from ..models import SECRETS_UNREADABLE_MESSAGE, SyncRun, SyncSource
+from .base import RequestInContextMixin, RunSyncPermissionMixin, can_run_sync, current_request, log_action
+from .display import badge, not_started_message, started_message, summarize_counters
+
+#: Fields never shown on the read-only view of a source: its secrets (masked in "stored secrets") and their
+#: "clear" boxes.
+HIDDEN_WHEN_READ_ONLY = frozenset(SECRET_FIELDS) | {f"clear_{name}" for name in SECRET_FIELDS}
+
+
+def source_fieldsets(editing: bool) -> list[tuple[Any, dict[str, Any]]]:
+    """Return the fieldsets of the source form; an existing source adds the "clear" boxes and its status."""
+    credentials = ["agent_id", "secret", "contact_sync_secret"]
+    callback = ["callback_url", "token", "encoding_aes_key"]
+    if editing:
+        credentials.append("clear_contact_sync_secret")
+        callback += ["clear_token", "clear_encoding_aes_key"]
+    fieldsets: list[tuple[Any, dict[str, Any]]] = [
+        (_("Identity"), {"fields": ["name", "slug", "corp_id", "enabled"]}),
+        (_("Credentials"), {
+            "fields": credentials,
+            "description": _("Secrets are stored encrypted and never shown again. Leave a field blank to "
+                             "keep the stored value."),
+        }),
+        (_("Callback (real-time sync)"), {
+            "fields": callback,
+            "description": _("In the WeCom console, open Contacts Sync (通讯录同步) → Set the event-receiving "
+                             "server (设置接收事件服务器), and enter this URL, Token and EncodingAESKey."),
+        }),
+        (_("Behaviour"), {
+            "fields": ["root_department_id", "fetch_strategy", "sync_interval_minutes", "removal_policy",
+                       "removal_threshold_count", "removal_threshold_percent", "api_base_url"],
+        }),
+        (_("Sign in with WeCom"), {
+            "fields": ["login_enabled", "login_agent_id", "login_silent_in_client"],
+            "description": _("Members sign in with WeCom: by QR code in any browser, silently inside the WeCom "
+                             "client. In the WeCom console, set this site's domain as the app's trusted domain "
+                             "and web-login callback domain (see docs/login.md)."),
+        }),
+    ]
+    if editing:
+        fieldsets.append((_("Status"), {"fields": ["recent_runs", "secrets_status", "last_synced_at"]}))
+    return fieldsets
 
 
 @admin.register(SyncSource)
-class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
+class SyncSourceAdmin(RequestInContextMixin, RunSyncPermissionMixin, admin.ModelAdmin):
+    """Sources, with Sync now / Dry run / Test connection as list actions and as POST-only object tools."""
+
     form = SyncSourceForm
     change_form_template = "admin/wecom_sync/syncsource/change_form.html"
     list_display = ("name", "slug", "corp_id", "enabled", "fetch_strategy", "last_synced_at", "last_run",
@@ -39,56 +77,15 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     actions = ["sync_now_action", "dry_run_action", "test_connection_action"]
 
     def get_fieldsets(self, request: HttpRequest, obj: SyncSource | None = None) -> list:
-        credentials = ["agent_id", "secret", "contact_sync_secret"]
-        callback = ["callback_url", "token", "encoding_aes_key"]
-        if obj is not None:
-            credentials.append("clear_contact_sync_secret")
-            callback += ["clear_token", "clear_encoding_aes_key"]
-        fieldsets = [
-            (_("Identity"), {"fields": ["name", "slug", "corp_id", "enabled"]}),
-            (_("Credentials"), {
-                "fields": credentials,
-                "description": _("Secrets are stored encrypted and never shown again. Leave a field blank to "
-                                 "keep the stored value."),
-            }),
-            (_("Callback (real-time sync)"), {
-                "fields": callback,
-                "description": _("In the WeCom console, open Contacts Sync (通讯录同步) → Set the event-receiving "
-                                 "server (设置接收事件服务器), and enter this URL, Token and EncodingAESKey."),
-            }),
-            (_("Behaviour"), {
-                "fields": ["root_department_id", "fetch_strategy", "sync_interval_minutes", "removal_policy",
-                           "removal_threshold_count", "removal_threshold_percent", "api_base_url"],
-            }),
-            (_("Sign in with WeCom"), {
-                "fields": ["login_enabled", "login_agent_id", "login_silent_in_client"],
-                "description": _("Members sign in with WeCom: by QR code in any browser, silently inside the WeCom "
-                                 "client. In the WeCom console, set this site's domain as the app's trusted domain "
-                                 "and web-login callback domain (see docs/login.md)."),
-            }),
-        ]
-        if obj is not None:
-            fieldsets.append((_("Status"), {"fields": ["recent_runs", "secrets_status", "last_synced_at"]}))
+        fieldsets = source_fieldsets(editing=obj is not None)
         if obj is not None and not self.has_change_permission(request, obj):
             # Read-only view: the secrets appear only masked, in "stored secrets"; never as fields.
-            hidden = set(SECRET_FIELDS) | {f"clear_{name}" for name in SECRET_FIELDS}
-            fieldsets = [(title, {**opts, "fields": [f for f in opts["fields"] if f not in hidden]})
+            fieldsets = [(title, {**opts, "fields": [f for f in opts["fields"] if f not in HIDDEN_WHEN_READ_ONLY]})
                          for title, opts in fieldsets]
         return fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple:
         return self.readonly_fields
-
-    # Render while the request is known, so the callback URL can be absolute.
-    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        token = _current_request.set(request)
-        try:
-            response = super().changeform_view(request, *args, **kwargs)
-            if hasattr(response, "render") and not getattr(response, "is_rendered", True):
-                response.render()
-            return response
-        finally:
-            _current_request.reset(token)
 
     def render_change_form(self, request: HttpRequest, context: dict, *args: Any, **kwargs: Any) -> Any:
         context["can_run_sync"] = can_run_sync(request)
@@ -107,7 +104,7 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     def callback_url(self, obj: SyncSource | None) -> str:
         if obj is None or not obj.pk:
             return gettext("Save the source first; the URL uses its slug.")
-        url = obj.get_callback_url(_current_request.get())
+        url = obj.get_callback_url(current_request())  # absolute when known
         return format_html(
             '<code id="wecom-callback-url">{}</code> '
             '<button type="button" class="button" data-wecom-copy="wecom-callback-url">{}</button>',
@@ -155,7 +152,6 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
     # -- work-starting logic, callable without a request --------------------------------------------
     def start_runs(self, queryset: QuerySet, *, dry_run: bool, user: Any = None) -> list[SyncRun]:
         """Enqueue a full sync (or dry run) for each enabled source; return the queued runs."""
-
         runs = []
         for source in queryset:
             if not source.enabled:
@@ -165,18 +161,12 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
 
     def _log_started(self, request: HttpRequest, runs: list[SyncRun]) -> None:
         for run in runs:
-            message = (gettext("Started a dry run (run #%(run)s).") if run.kind == SyncRun.Kind.DRY_RUN
-                       else gettext("Started a sync (run #%(run)s).")) % {"run": run.pk}
-            log_action(request, run.source, message)
-
-    def _report_not_started(self, request: HttpRequest, run: SyncRun) -> None:
-        self.message_user(request, gettext("%(source)s: the sync was not started. %(reason)s") % {
-            "source": run.source.name, "reason": run.message}, messages.ERROR)
+            log_action(request, run.source, started_message(run))
 
     def _report_started(self, request: HttpRequest, runs: list[SyncRun], skipped: int) -> None:
         failed = [run for run in runs if run.status == SyncRun.Status.FAILED]
         for run in failed:  # not sent to any worker: say why now, never "Queued"
-            self._report_not_started(request, run)
+            self.message_user(request, not_started_message(run), messages.ERROR)
         runs = [run for run in runs if run not in failed]
         if runs:
             self.message_user(request, ngettext(
@@ -201,8 +191,6 @@ class SyncSourceAdmin(RunSyncPermissionMixin, admin.ModelAdmin):
 
     @admin.action(description=_("Test connection"), permissions=["run_sync"])
     def test_connection_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
-        from ..diagnostics import probe_source
-
         results = [(source, probe_source(source)) for source in queryset]
         return TemplateResponse(request, "admin/wecom_sync/syncsource/test_connection.html", {
             **self.admin_site.each_context(request),
