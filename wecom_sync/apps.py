@@ -1,3 +1,5 @@
+import sys
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -18,10 +20,12 @@ class WeComSyncConfig(AppConfig):
         from .exceptions import set_translator
 
         set_translator(gettext)  # errcode hints and error texts are shown in the active language
-        if apps.is_installed("django.contrib.admin"):
-            # When wecom_sync comes before the admin in INSTALLED_APPS, its admin module ran before the user
-            # admin was registered: add the "Send a WeCom message" action now (idempotent).
-            from .admin_messages import install
+        if apps.is_installed("django.contrib.admin") and "wecom_sync.admin" in sys.modules:
+            # The admin's autodiscovery (django.contrib.admin listed before wecom_sync) imported wecom_sync.admin
+            # before the user admin of an app listed later was registered: add the "Send a WeCom message"
+            # action now (idempotent). Otherwise autodiscovery has not run yet and installs it when it imports
+            # wecom_sync.admin; importing the package here would register our admins ahead of it.
+            from .admin.messages import install  # app loading: only once the admin package is loaded
 
             install()
         self.add_admin_login_button()

@@ -13,12 +13,15 @@ from .client import api_host_allowed
 from .conf import app_settings
 from .crypto import decode_aes_key, is_valid_token
 from .exceptions import InvalidKeyError
+from .fields import EncryptedTextField
 from .models import SECRETS_UNREADABLE_MESSAGE, SyncSource
 
 CORP_ID_RE = re.compile(r"^w[wx][A-Za-z0-9]{8,30}$")
 SECRET_FIELDS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
 #: Secrets that may be cleared (the app Secret is required).
 CLEARABLE = ("contact_sync_secret", "token", "encoding_aes_key")
+#: URL fields take "https" for an address typed without a scheme (the option exists from Django 5.0 on).
+URL_FIELD_OPTIONS: dict[str, Any] = {"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}
 
 
 def mask(value: str) -> str:
@@ -27,6 +30,14 @@ def mask(value: str) -> str:
         return str(_("not set"))
     tail = value[-4:] if len(value) >= 16 else ""
     return "•" * 8 + tail
+
+
+def secret_field(name: str) -> EncryptedTextField:
+    """Return the model field of one of the source's secrets."""
+    field = SyncSource._meta.get_field(name)
+    if not isinstance(field, EncryptedTextField):
+        raise TypeError(f"SyncSource.{name} is not an encrypted field")
+    return field
 
 
 class SecretInput(forms.PasswordInput):
@@ -46,7 +57,7 @@ class SyncSourceForm(forms.ModelForm):
                     "it (or the Corp ID) requires entering every secret again: stored secrets are never sent to "
                     "a new address."),
         initial=SyncSource._meta.get_field("api_base_url").default,
-        **({"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}),
+        **URL_FIELD_OPTIONS,
     )
     clear_contact_sync_secret = forms.BooleanField(label=_("Clear the contact-sync secret"), required=False)
     clear_token = forms.BooleanField(label=_("Clear the callback Token"), required=False)
@@ -77,9 +88,7 @@ class SyncSourceForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Stored secrets that cannot be decrypted with the configured keys (they must be entered again).
-        self.unreadable = {
-            name for name in SECRET_FIELDS if not SyncSource._meta.get_field(name).is_readable(self.instance)
-        }
+        self.unreadable = {name for name in SECRET_FIELDS if not secret_field(name).is_readable(self.instance)}
         self._stored = {
             name: "" if name in self.unreadable else (getattr(self.instance, name, "") or "") for name in SECRET_FIELDS
         }
@@ -90,7 +99,8 @@ class SyncSourceForm(forms.ModelForm):
             if field is None:  # a read-only view of the form
                 continue
             field.required = False
-            field.strip = True
+            if isinstance(field, forms.CharField):
+                field.strip = True
             if editing and name in self.unreadable:
                 field.help_text = f"{SECRETS_UNREADABLE_MESSAGE}. {field.help_text or ''}"
             elif editing:
@@ -102,10 +112,13 @@ class SyncSourceForm(forms.ModelForm):
                 self.fields.pop(f"clear_{name}", None)
 
     def _field_changed(self, name: str) -> bool:
-        return name in self.fields and self[name]._has_changed()
+        if name not in self.fields:
+            return False
+        bound = self[name]  # no field of this form shows a hidden initial: compare with the initial value
+        return bound.field.has_changed(bound.initial, bound.data)
 
     @property
-    def changed_data(self) -> list[str]:  # type: ignore[override]
+    def changed_data(self) -> list[str]:
         """Changed fields; a secret counts only when its value really changed (never for a blank "keep")."""
         final = getattr(self, "_final_secrets", None)
         names = []
@@ -186,8 +199,9 @@ class SyncSourceForm(forms.ModelForm):
             ) from exc
         return value
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         final = {name: self._new_or_stored(name) for name in SECRET_FIELDS}
         if self.instance.pk is not None:
             moved = [n for n in ("api_base_url", "corp_id") if self._field_changed(n)]
@@ -228,7 +242,7 @@ class SyncSourceForm(forms.ModelForm):
             setattr(instance, name, value)
         if commit:
             instance.save()
-            self._save_m2m()
+            self.save_m2m()
         return instance
 
 
@@ -247,10 +261,11 @@ class SendMessageForm(forms.Form):
     content = forms.CharField(label=_("content"), max_length=2048, widget=forms.Textarea(attrs={"rows": 6}))
     url = forms.URLField(label=_("link"), required=False,
                          help_text=_("Text cards only: the page the card opens."),
-                         **({"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}))
+                         **URL_FIELD_OPTIONS)
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         if cleaned.get("msgtype") == "textcard":
             for name in ("title", "url"):
                 if not cleaned.get(name):

@@ -21,8 +21,10 @@ from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from .forms import SendMessageForm
-from .models import ExternalUser, SyncSource
+from ..forms import SendMessageForm
+from ..messages import resolve_users
+from ..models import ExternalUser, SyncSource
+from ..tasks import send_message
 
 SEND_MESSAGE_PERMISSION = "wecom_sync.send_message"
 
@@ -37,9 +39,6 @@ def queue_message(source: SyncSource, recipients: QuerySet | list, content: dict
 
     ``recipients`` are Django users or ``ExternalUser`` rows; WeCom users of another source are skipped.
     """
-    from .messages import resolve_users
-    from .tasks import send_message
-
     rows = list(recipients)
     user_ids: list[int] = []
     userids: list[str] = []
@@ -67,19 +66,7 @@ def send_wecom_message(modeladmin: admin.ModelAdmin, request: HttpRequest, query
         form = SendMessageForm(request.POST)
         if form.is_valid():
             report = queue_message(form.cleaned_data["source"], queryset, form.message_content())
-            if report["queued"]:
-                modeladmin.message_user(request, ngettext(
-                    "The message to %(count)d person is being sent.",
-                    "The message to %(count)d people is being sent.", report["queued"]) % {"count": report["queued"]},
-                    messages.SUCCESS)
-            missing = [*report["unmapped"], *report["skipped"]]
-            if missing:
-                names = ", ".join(str(u) for u in missing[:20]) + (" …" if len(missing) > 20 else "")
-                modeladmin.message_user(request, ngettext(
-                    "%(count)d selected person has no WeCom account in this source and was left out: %(names)s",
-                    "%(count)d selected people have no WeCom account in this source and were left out: %(names)s",
-                    len(missing)) % {"count": len(missing), "names": names},
-                    messages.WARNING if report["queued"] else messages.ERROR)
+            _report(modeladmin, request, report)
             return None
     else:
         form = SendMessageForm(initial={"source": SyncSource.objects.filter(enabled=True).first()})
@@ -96,6 +83,23 @@ def send_wecom_message(modeladmin: admin.ModelAdmin, request: HttpRequest, query
     return TemplateResponse(request, "admin/wecom_sync/send_message.html", context)
 
 
+def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, report: dict[str, Any]) -> None:
+    """Tell the admin how many people the message goes to, and who was left out (an error if nobody)."""
+    if report["queued"]:
+        modeladmin.message_user(request, ngettext(
+            "The message to %(count)d person is being sent.",
+            "The message to %(count)d people is being sent.", report["queued"]) % {"count": report["queued"]},
+            messages.SUCCESS)
+    missing = [*report["unmapped"], *report["skipped"]]
+    if missing:
+        names = ", ".join(str(u) for u in missing[:20]) + (" …" if len(missing) > 20 else "")
+        modeladmin.message_user(request, ngettext(
+            "%(count)d selected person has no WeCom account in this source and was left out: %(names)s",
+            "%(count)d selected people have no WeCom account in this source and were left out: %(names)s",
+            len(missing)) % {"count": len(missing), "names": names},
+            messages.WARNING if report["queued"] else messages.ERROR)
+
+
 def _add_action(model: Any) -> bool:
     model_admin = admin.site._registry.get(model)
     if model_admin is None:
@@ -104,7 +108,7 @@ def _add_action(model: Any) -> bool:
     if send_wecom_message not in actions and "send_wecom_message" not in actions:
         model_admin.actions = [*actions, send_wecom_message]
     # The action's permission check (``permissions=["send_wecom_message"]``) asks the ModelAdmin.
-    model_admin.has_send_wecom_message_permission = can_send_message
+    model_admin.has_send_wecom_message_permission = can_send_message  # type: ignore[attr-defined]
     return True
 
 

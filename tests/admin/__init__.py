@@ -1,0 +1,1 @@
+"""Tests of the wecom_sync admin package, one module per area."""
