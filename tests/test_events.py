@@ -590,3 +590,29 @@ def test_a_partly_failed_group_keeps_its_events_pending_until_all_is_applied(sim
         Status.APPLIED}
     ext = ExternalUser.objects.get(source=source, userid_key=new.lower())
     assert ext.name == "After Rename"
+
+
+# -- issue 12: events end where the next full sync would ------------------------------------------------
+
+
+def _same_second(xml: str, create_time: str) -> str:
+    return re.sub(r"<CreateTime>\d+</CreateTime>", f"<CreateTime>{create_time}</CreateTime>", xml)
+
+
+def test_two_changes_to_one_member_in_the_same_second_are_both_applied(sim, source, live_server):
+    """Point 7: the dedupe key is a digest of the whole message, not (CreateTime, ChangeType, UserID)."""
+    userid = some_user(sim)["userid"]
+    first_dept, second_dept = [d for d in sorted(sim.org.departments) if d != 1][:2]
+    first = sim.move_user(userid, [first_dept])  # delivered and applied at once
+    assert last_event().status == Status.APPLIED
+    second = _same_second(sim.move_user(userid, [second_dept], deliver=False), _field(first, "CreateTime"))
+    body, params = sim.build_callback(second)
+    url = live_server.url + source.get_callback_path()
+    requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+    assert CallbackEvent.objects.count() == 2
+    ext = ExternalUser.objects.get(source=source, userid_key=userid.lower())
+    assert list(ext.memberships.values_list("department__department_id", flat=True)) == [second_dept]
+    # WeCom's retry of the same message is still deduplicated.
+    body, params = sim.build_callback(second)
+    requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+    assert CallbackEvent.objects.count() == 2
