@@ -138,7 +138,7 @@ class Changes:
             if kind == "delete_department":
                 # Empty it first, as an admin must: its members move to its parent, then it goes.
                 dept = _pick(departments, op[1])
-                if dept == 1 or org.children(dept):
+                if dept in (1, 2) or org.children(dept):  # 2 is the root of the subtree source
                     return []
                 parent = org.departments[dept]["parentid"]
                 out = []
@@ -227,12 +227,11 @@ def assert_equivalent(got: dict[str, Any], want: dict[str, Any]) -> None:
 def essentials(state: dict[str, Any]) -> dict[str, Any]:
     """What the events alone must already have right: the state less what WeCom sends no event for.
 
-    Changing one member changes others without an event: leader lists of departments (a leader who
-    leaves), other members' direct_leader, both also on a rename or delete. Those come with the next full
-    sync; everything else must already be where it would put it.
+    Deleting a member changes other members' direct_leader without an event for them: that comes with the
+    next full sync (their raw payload and digest); everything else must already be where it would put it.
     """
     return {
-        "departments": {k: v[:5] for k, v in state["departments"].items()},
+        "departments": state["departments"],
         "users": {k: (v[0], v[1], v[2], v[4], v[5], v[6]) for k, v in state["users"].items()},
         "active_accounts": state["active_accounts"],
     }

@@ -480,11 +480,50 @@ def _refresh_users(source: SyncSource, run: SyncRun, client: Any, scope: _Scope,
             found.append(remote)
         else:
             gone.append(userid)  # in WeCom, but not in the synced subtree: the full sync would not list them
+    led = _led_departments(source, found, gone)
     if found:
         departments = _missing_departments(source, client, {d for user in found for d in user.departments}, scope)
         outcome.add(apply_remote_objects(source, run, departments=departments, users=found))
     if gone:
         outcome.add(remove_users(source, run, gone))
+    if led:
+        _refresh_departments(source, run, client, scope, led, outcome)
+
+
+def _led_departments(source: SyncSource, found: list[RemoteUser], gone: list[str]) -> list[int]:
+    """Mirrored departments whose leader list these members' change may have changed.
+
+    WeCom updates a department's leaders when a leader leaves it, joins it as leader or leaves the company,
+    and sends no department event for that (update_party fires only when ParentId changes).
+    """
+    keys = {u.key for u in found} | {normalize_userid(u) for u in gone}
+    leading = {(u.key, d) for u in found for d, _o, leader, _m in u.memberships() if leader}
+    out = []
+    for dept_id, leaders in ExternalDepartment.objects.filter(source=source, is_removed=False).values_list(
+        "department_id", "leaders"
+    ):
+        local = {normalize_userid(str(v)) for v in leaders or ()}
+        if local & keys or any((key, dept_id) in leading for key in keys - local):
+            out.append(dept_id)
+    return out
+
+
+def _refresh_departments(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_ids: list[int],
+                         outcome: _Outcome) -> None:
+    """Re-fetch mirrored departments and apply what changed (a gone one is left to its own event)."""
+    from .sync.apply import apply_remote_objects
+
+    departments = []
+    for dept_id in department_ids:
+        if not scope.has_department(dept_id):
+            continue
+        try:
+            departments.append(RemoteDepartment.from_api(client.get_department(dept_id)))
+        except WeComAPIError as exc:
+            if exc.errcode not in DEPARTMENT_GONE_ERRCODES:
+                raise
+    if departments:
+        outcome.add(apply_remote_objects(source, run, departments=departments))
 
 
 def _apply_departments(
