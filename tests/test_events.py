@@ -702,6 +702,7 @@ def test_rename_chain_delivered_in_reverse_keeps_the_original_account(sim, sourc
     old = some_user(sim)["userid"]
     original = ExternalUser.objects.get(source=source, userid_key=old.lower())
     account = original.user_id
+    accounts = User.objects.count()
     first = sim.rename_userid(old, "step.b", deliver=False)
     second = sim.rename_userid("step.b", "step.c", deliver=False)
     url = live_server.url + source.get_callback_path()
@@ -713,8 +714,26 @@ def test_rename_chain_delivered_in_reverse_keeps_the_original_account(sim, sourc
     assert ext.user_id == account and not ext.is_removed
     assert User.objects.get(pk=account).is_active
     assert not ExternalUser.objects.filter(source=source, userid_key__in=[old.lower(), "step.b"]).exists()
-    assert not User.objects.filter(is_active=True).exclude(pk=account).filter(username__iexact="step.c").exists()
+    # WeCom still has the name and email the member had: recognised at once, no new account was made.
+    assert User.objects.count() == accounts
     assert not any(action == "created" for _t, _id, action in _next_full_sync_changes(source))
+
+
+def test_rename_chain_in_reverse_without_contacts_still_ends_on_the_original_account(sim, source, live_server):
+    """Point 9 without name and contacts to recognise the member: when A->B arrives, C is merged back."""
+    old = some_user(sim)["userid"]
+    account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
+    first = sim.rename_userid(old, "step.b", deliver=False)
+    second = sim.rename_userid("step.b", "step.c", deliver=False)
+    sim.update_user("step.c", email="", mobile="", biz_mail="", deliver=False)
+    url = live_server.url + source.get_callback_path()
+    for xml in (second, first):
+        body, params = sim.build_callback(xml)
+        requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+        assert last_event().status == Status.APPLIED
+    ext = ExternalUser.objects.get(source=source, userid_key="step.c")
+    assert ext.user_id == account and not ext.is_removed and ext.user.is_active
+    assert ExternalUser.objects.filter(source=source, is_removed=False).count() == len(sim.org.users)
 
 
 def test_rename_updates_leader_references(sim, source, mutate):

@@ -398,14 +398,64 @@ def _rename_references(source: SyncSource, old: str, new: str) -> None:
         ExternalUser.objects.bulk_update(members, ["raw", "digest"])
 
 
+def _contacts(name: str, values: Iterable[Any]) -> set[tuple[str, str]]:
+    name = name.strip()
+    return {(name, str(v).strip().lower()) for v in values if name and isinstance(v, str) and v.strip()}
+
+
+def _earlier_userid(source: SyncSource, client: Any, userid: str) -> str | None:
+    """The mirrored userid that WeCom's member ``userid`` had before a rename not yet received, if certain.
+
+    As the full sync's rename detection: a mirrored member whose userid is gone from WeCom, with the same
+    name and a shared non-empty biz_mail, email or mobile, and the only one to match.
+    """
+    try:
+        remote = RemoteUser.from_api(client.get_user(userid))
+    except WeComAPIError as exc:
+        if exc.errcode not in USER_GONE_ERRCODES:
+            raise
+        return None
+    wanted = _contacts(remote.name, (remote.biz_mail, remote.email, remote.mobile))
+    if not wanted:
+        return None
+    matches = [
+        candidate
+        for candidate, raw in ExternalUser.objects.filter(
+            source=source, is_removed=False, name=remote.name[:255]
+        ).values_list("userid", "raw")
+        if wanted & _contacts(str((raw or {}).get("name") or ""),
+                              [(raw or {}).get(k) for k in ("biz_mail", "email", "mobile")])
+    ]
+    if len(matches) != 1:
+        return None
+    try:
+        client.get_user(matches[0])
+    except WeComAPIError as exc:
+        if exc.errcode not in USER_GONE_ERRCODES:
+            raise
+        return matches[0]
+    return None  # still in WeCom under that userid: another person
+
+
 def _rename(source: SyncSource, run: SyncRun, client: Any, old: str, new: str, since: int,
             outcome: _Outcome) -> bool:
     """Apply one rename event (identity is the userid and survives renames); return whether it did."""
     from .sync.apply import rename_user
 
     final = new
-    mirrored = ExternalUser.objects.filter(source=source, userid_key__in=[normalize_userid(old), normalize_userid(new)])
-    if not mirrored.filter(userid_key=normalize_userid(new)).exists():
+    mirrored = set(
+        ExternalUser.objects.filter(
+            source=source, userid_key__in=[normalize_userid(old), normalize_userid(new)]
+        ).values_list("userid_key", flat=True)
+    )
+    if not mirrored:
+        # Neither userid is known here: an earlier rename of this member (A->B before this B->C) has not
+        # arrived yet. The member is recognised as the full sync recognises a rename, not made anew.
+        earlier = _earlier_userid(source, client, new)
+        if earlier is not None and rename_user(source, run, earlier, new, counters=outcome.counters):
+            _rename_references(source, earlier, new)
+            return True
+    if normalize_userid(new) not in mirrored:
         final = _applied_rename_chain(source, new, since)
     if normalize_userid(final) != normalize_userid(new) and _take_over_userid(source, run, client, old, final):
         renamed = True
