@@ -675,8 +675,11 @@ def test_update_user_moving_a_member_out_of_the_subtree_removes_them(scoped_sim,
 
 def test_department_events_respect_the_subtree(scoped_sim, scoped):
     """Point 3: create_party outside is not mirrored; a department moving out or in takes its members along."""
+    scoped_sim.set_app_scope([2])  # the app sees only the synced subtree: department/get outside is 60011
     scoped_sim.add_department({"id": 700, "name": "外部门", "parentid": 3})
+    assert last_event().status == Status.APPLIED
     assert not ExternalDepartment.objects.filter(source=scoped, department_id=700).exists()
+    scoped_sim.set_app_scope(None)
     scoped_sim.add_department({"id": 701, "name": "内部门", "parentid": 2})
     assert ExternalDepartment.objects.get(source=scoped, department_id=701).parent.department_id == 2
     scoped_sim.add_user({"userid": "mover", "name": "Mover", "department": [701]})

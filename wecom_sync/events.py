@@ -585,15 +585,17 @@ def _apply_departments(
     department_id = int(group[0].object_id)
     client = WeComClient.from_source(source)
     scope = _Scope(source, client)
+    if not scope.has_department(department_id):
+        # Outside the synced subtree (or gone): no department/get, which an app whose visible range is
+        # that subtree would answer with 60011.
+        _leave_scope(source, run, client, scope, department_id, outcome)
+        return
     try:
         remote = RemoteDepartment.from_api(client.get_department(department_id))
     except WeComAPIError as exc:
         if exc.errcode not in DEPARTMENT_GONE_ERRCODES:
             raise
         outcome.add(remove_departments(source, run, [department_id]))
-        return
-    if not scope.has_department(remote.id):
-        _leave_scope(source, run, client, scope, remote.id, outcome)
         return
     was_mirrored = ExternalDepartment.objects.filter(
         source=source, department_id=remote.id, is_removed=False
@@ -613,8 +615,10 @@ def _leave_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, d
     """
     from .sync.apply import remove_departments
 
-    rows = ExternalDepartment.objects.filter(source=source, is_removed=False).values_list(
-        "pk", "department_id", "parent_id"
+    rows = list(
+        ExternalDepartment.objects.filter(source=source, is_removed=False).values_list(
+            "pk", "department_id", "parent_id"
+        )
     )
     dept_of = {pk: dept_id for pk, dept_id, _parent in rows}
     children: dict[int, list[int]] = {}
