@@ -373,7 +373,8 @@ def _rename_references(source: SyncSource, old: str, new: str) -> None:
         return [new if isinstance(v, str) and normalize_userid(v) == old_key else v for v in values]
 
     departments = []
-    for dept in ExternalDepartment.objects.filter(source=source).only("pk", "leaders", "raw", "digest"):
+    led = ExternalDepartment.objects.filter(source=source, leaders__icontains=old_key)
+    for dept in led.only("pk", "leaders", "raw", "digest"):
         leaders = swap(dept.leaders)
         if leaders is None:
             continue
