@@ -700,43 +700,71 @@ def test_department_events_respect_the_subtree(scoped_sim, scoped):
     assert _next_full_sync_changes(scoped) == []
 
 
+def _post(sim, source, live_server, xml: str) -> CallbackEvent:
+    body, params = sim.build_callback(xml)
+    url = live_server.url + source.get_callback_path()
+    requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+    return last_event()
+
+
+def _let_the_rename_wait_expire(event: CallbackEvent) -> None:
+    assert event.status == Status.PENDING
+    past = timezone.now() - timedelta(seconds=events.RENAME_WAIT_SECONDS + 1)
+    CallbackEvent.objects.filter(pk=event.pk).update(received_at=past, next_attempt_at=past)
+    assert requeue_pending_events() == 1
+    event.refresh_from_db()
+    assert event.status == Status.APPLIED
+
+
 def test_rename_chain_delivered_in_reverse_keeps_the_original_account(sim, source, live_server):
-    """Point 9: B->C arrives (and is applied) before A->B; C is still the member first known as A."""
+    """Point 9: B->C arrives before A->B; it waits for A->B, then both apply in order on A's account."""
     old = some_user(sim)["userid"]
-    original = ExternalUser.objects.get(source=source, userid_key=old.lower())
-    account = original.user_id
+    account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
     accounts = User.objects.count()
     first = sim.rename_userid(old, "step.b", deliver=False)
     second = sim.rename_userid("step.b", "step.c", deliver=False)
-    url = live_server.url + source.get_callback_path()
-    for xml in (second, first):
-        body, params = sim.build_callback(xml)
-        requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
-        assert last_event().status == Status.APPLIED
+    later = _post(sim, source, live_server, second)
+    assert later.status == Status.PENDING and later.next_attempt_at is not None  # waits for the earlier rename
+    assert not ExternalUser.objects.filter(source=source, userid_key="step.c").exists()
+    earlier = _post(sim, source, live_server, first)
+    later.refresh_from_db()
+    assert (earlier.status, later.status) == (Status.APPLIED, Status.APPLIED)
     ext = ExternalUser.objects.get(source=source, userid_key="step.c")
-    assert ext.user_id == account and not ext.is_removed
-    assert User.objects.get(pk=account).is_active
+    assert ext.user_id == account and not ext.is_removed and User.objects.get(pk=account).is_active
     assert not ExternalUser.objects.filter(source=source, userid_key__in=[old.lower(), "step.b"]).exists()
-    # WeCom still has the name and email the member had: recognised at once, no new account was made.
-    assert User.objects.count() == accounts
+    assert User.objects.count() == accounts  # no account was made for C
     assert not any(action == "created" for _t, _id, action in _next_full_sync_changes(source))
 
 
+def test_rename_chain_in_reverse_after_the_wait_recognises_the_member(sim, source, live_server):
+    """Point 9, A->B later than the wait: C is recognised by name and e-mail as the full sync would."""
+    old = some_user(sim)["userid"]
+    account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
+    accounts = User.objects.count()
+    first = sim.rename_userid(old, "step.b", deliver=False)
+    second = sim.rename_userid("step.b", "step.c", deliver=False)
+    _let_the_rename_wait_expire(_post(sim, source, live_server, second))
+    assert ExternalUser.objects.get(source=source, userid_key="step.c").user_id == account
+    assert _post(sim, source, live_server, first).status == Status.APPLIED
+    ext = ExternalUser.objects.get(source=source, userid_key="step.c")
+    assert ext.user_id == account and not ext.is_removed and ext.user.is_active
+    assert User.objects.count() == accounts
+
+
 def test_rename_chain_in_reverse_without_contacts_still_ends_on_the_original_account(sim, source, live_server):
-    """Point 9 without name and contacts to recognise the member: when A->B arrives, C is merged back."""
+    """Point 9, after the wait and nothing to recognise the member by: when A->B arrives, C is merged back."""
     old = some_user(sim)["userid"]
     account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
     first = sim.rename_userid(old, "step.b", deliver=False)
     second = sim.rename_userid("step.b", "step.c", deliver=False)
     sim.update_user("step.c", email="", mobile="", biz_mail="", deliver=False)
-    url = live_server.url + source.get_callback_path()
-    for xml in (second, first):
-        body, params = sim.build_callback(xml)
-        requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
-        assert last_event().status == Status.APPLIED
+    _let_the_rename_wait_expire(_post(sim, source, live_server, second))
+    assert _post(sim, source, live_server, first).status == Status.APPLIED
     ext = ExternalUser.objects.get(source=source, userid_key="step.c")
     assert ext.user_id == account and not ext.is_removed and ext.user.is_active
     assert ExternalUser.objects.filter(source=source, is_removed=False).count() == len(sim.org.users)
+    # The account briefly made for C is deactivated, as for any member who left.
+    assert not User.objects.filter(is_active=True).exclude(pk=account).filter(username__istartswith="step.").exists()
 
 
 def test_rename_updates_leader_references(sim, source, mutate):

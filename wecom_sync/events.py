@@ -686,6 +686,41 @@ def _enter_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, d
         outcome.add(apply_remote_objects(source, run, users=list(members.values())))
 
 
+#: A rename whose old userid is unknown here waits this long for the rename before it (B->C before A->B).
+RENAME_WAIT_SECONDS = 30
+
+
+def _earlier_rename_awaited(source: SyncSource, group: list[CallbackEvent]) -> Any:
+    """When the group should wait for an earlier rename of its member, until when; else None.
+
+    WeCom may deliver a member's renames in reverse (B->C before A->B). Neither B nor C is mirrored then,
+    and applying B->C alone would give C a new account. Waiting a little lets A->B arrive: the two are then
+    coalesced and applied in order. A rename that is still unexplained after the wait is applied as it is
+    (the member is recognised as the full sync would; a late A->B still merges C back into A's account).
+    """
+    renames = [(e, normalize_userid(_userid(e)), normalize_userid(_new_userid(e))) for e in group if _new_userid(e)]
+    if not renames:
+        return None
+    keys = {k for _e, old, new in renames for k in (old, new)}
+    mirrored = set(
+        ExternalUser.objects.filter(source=source, userid_key__in=keys).values_list("userid_key", flat=True)
+    )
+    explained = mirrored | {new for _e, _old, new in renames} | {
+        e.object_id for e in group if e.change_type == "create_user"
+    }
+    now = timezone.now()
+    waits = [
+        e.received_at + timedelta(seconds=RENAME_WAIT_SECONDS)
+        for e, old, new in renames
+        if old not in explained
+        and new not in mirrored
+        # the later rename (B->C) was applied already: this is the late A->B, it has nothing to wait for
+        and normalize_userid(_applied_rename_chain(source, new, e.create_time)) == new
+    ]
+    until = max(waits, default=None)
+    return until if until is not None and until > now else None
+
+
 def _full_sync_holds_lock(source: SyncSource) -> bool:
     """Tell whether a live full sync holds the source's lock (its snapshot may predate this event)."""
     from .sync.lock import is_stale
@@ -734,6 +769,16 @@ def _process_locked(event_id: int) -> str | None:
         logger.info("wecom_sync.events.deferred", extra={"event_id": event.pk, "reason": "full_sync_running"})
         return event.status
 
+    group = _user_group(source, event) if kind == "user" else _department_group(source, event)
+    if event.pk not in {e.pk for e in group}:
+        group.append(event)
+    waits_until = _earlier_rename_awaited(source, group) if kind == "user" else None
+    if waits_until is not None:
+        event.next_attempt_at = waits_until
+        event.save(update_fields=["next_attempt_at"])
+        logger.info("wecom_sync.events.deferred", extra={"event_id": event.pk, "reason": "rename_order"})
+        return event.status
+
     now = timezone.now()
     run = SyncRun.objects.create(
         source=source,
@@ -743,9 +788,6 @@ def _process_locked(event_id: int) -> str | None:
         started_at=now,
         heartbeat_at=now,
     )
-    group = _user_group(source, event) if kind == "user" else _department_group(source, event)
-    if event.pk not in {e.pk for e in group}:
-        group.append(event)
     outcome = _Outcome()
     if kind == "user":
         _apply_users(source, run, group, outcome)
