@@ -549,8 +549,13 @@ def _led_departments(source: SyncSource, found: list[RemoteUser], gone: list[str
     """
     keys = {u.key for u in found} | {normalize_userid(u) for u in gone}
     leading = {(u.key, d) for u in found for d, _o, leader, _m in u.memberships() if leader}
+    if not keys:
+        return []
+    named = Q(department_id__in={d for _k, d in leading})
+    for key in keys:
+        named |= Q(leaders__icontains=key)  # narrowed here, decided exactly below
     out = []
-    for dept_id, leaders in ExternalDepartment.objects.filter(source=source, is_removed=False).values_list(
+    for dept_id, leaders in ExternalDepartment.objects.filter(named, source=source, is_removed=False).values_list(
         "department_id", "leaders"
     ):
         local = {normalize_userid(str(v)) for v in leaders or ()}
