@@ -700,6 +700,20 @@ def test_department_events_respect_the_subtree(scoped_sim, scoped):
     assert _next_full_sync_changes(scoped) == []
 
 
+def test_a_member_event_that_mirrors_a_department_moved_in_brings_its_other_members(scoped_sim, scoped):
+    """Point 3: the department's own event may come second; its members still end where a full sync puts them."""
+    resident = next(u for u in scoped_sim.org.members(3) if u not in scoped_sim.org.members(2))
+    assert not ExternalUser.objects.filter(source=scoped, userid_key=resident.lower()).exists()
+    move = store_event(scoped, parse_event(scoped_sim.move_department(3, 2, deliver=False)))[0]
+    newcomer = store_event(scoped, parse_event(scoped_sim.add_user(
+        {"userid": "newcomer", "name": "Newcomer", "department": [3]}, deliver=False)))[0]
+    assert events.process_event(newcomer.pk) == Status.APPLIED  # mirrors department 3 on its way
+    assert events.process_event(move.pk) == Status.APPLIED
+    assert ExternalUser.objects.get(source=scoped, userid_key=resident.lower()).memberships.filter(
+        department__department_id=3).exists()
+    assert _next_full_sync_changes(scoped) == []
+
+
 def _post(sim, source, live_server, xml: str) -> CallbackEvent:
     body, params = sim.build_callback(xml)
     url = live_server.url + source.get_callback_path()

@@ -535,6 +535,10 @@ def _refresh_users(source: SyncSource, run: SyncRun, client: Any, scope: _Scope,
     if found:
         departments = _missing_departments(source, client, {d for user in found for d in user.departments}, scope)
         outcome.add(apply_remote_objects(source, run, departments=departments, users=found))
+        if not scope.whole_directory:
+            # A department mirrored only now may have moved into the subtree with members of its own.
+            for dept in departments:
+                _enter_scope(source, run, client, scope, dept.id, outcome)
     if gone:
         outcome.add(remove_users(source, run, gone))
     if led:
@@ -608,8 +612,9 @@ def _apply_departments(
     ).exists()
     parents = _missing_departments(source, client, [remote.parent_id], scope) if remote.id != scope.root else []
     outcome.add(apply_remote_objects(source, run, departments=[*parents, remote]))
-    if not was_mirrored and not scope.whole_directory:
-        _enter_scope(source, run, client, scope, remote.id, outcome)
+    if not scope.whole_directory:
+        for dept_id in [*(p.id for p in parents), *([] if was_mirrored else [remote.id])]:
+            _enter_scope(source, run, client, scope, dept_id, outcome)
 
 
 def _leave_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_id: int,
@@ -652,10 +657,11 @@ def _leave_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, d
 
 def _enter_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_id: int,
                  outcome: _Outcome) -> None:
-    """A department came into the synced subtree (or was not mirrored): bring in its subtree and members.
+    """A department came into the synced subtree (it was not mirrored): bring in its subtree and members.
 
-    WeCom sends one event for the department that moved; the full sync would also see the departments
-    below it and their members, which get no event of their own.
+    WeCom sends one event for the department that moved, and it may be processed after an event that
+    already mirrored the department; the full sync would also see the departments below it and their
+    members, which get no event of their own.
     """
     from .sync.apply import apply_remote_objects
 
