@@ -6,6 +6,12 @@ through the full sync's apply code, so the order in which events arrive cannot r
 late, older event re-applies the current state. A delete is confirmed the same way (the re-fetch must say
 the object is gone), so a stale delete_user cannot remove a member who exists again.
 
+An event ends where the next full sync would: members and departments outside the source's subtree
+(``root_department_id``) are treated as the full sync treats them (not mirrored, or removed when they move
+out; a department that moves in brings its sub-departments and members), a userid rename keeps the Django
+account even when WeCom delivers a chain of renames in reverse, and references to a renamed userid
+(departments' leaders, members' direct_leader) follow it.
+
 Events of one source are processed one at a time (the source row is locked for the duration), which
 serialises concurrent workers without a lock per object. Pending events about the same object are
 handled together: one re-fetch, all marked applied with the same SyncRun.
