@@ -446,13 +446,17 @@ def test_parse_event_bounds_depth():
     assert fields["UserID"] == "u"
 
 
-def test_dedupe_key_ignores_userid_case_and_payload_extras():
+def test_dedupe_key_is_a_digest_of_the_whole_message():
     a = {"Event": "change_contact", "CreateTime": "1", "ChangeType": "update_user", "UserID": "Zhang"}
-    b = {**a, "UserID": "zhang", "Name": "whatever"}
-    assert dedupe_key(a) == dedupe_key(b)
+    # A retry decrypts to the same fields (in any order): same key.
+    assert dedupe_key(a) == dedupe_key(dict(reversed(list(a.items()))))
     assert dedupe_key(a) != dedupe_key({**a, "CreateTime": "2"})
     assert dedupe_key(a) != dedupe_key({**a, "NewUserID": "li"})
     assert dedupe_key(a) != dedupe_key({**a, "ChangeType": "delete_user"})
+    # Two different changes to one member in the same second are two events (issue 12, point 7).
+    assert dedupe_key({**a, "Name": "first"}) != dedupe_key({**a, "Name": "second"})
+    assert dedupe_key({**a, "Department": "2"}) != dedupe_key({**a, "Department": "3"})
+    assert len(dedupe_key(a)) <= 255
 
 
 xml_text = st.text(

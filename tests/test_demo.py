@@ -6,7 +6,16 @@ import os
 import re
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
+
+import pytest
+from django.core.management.base import CommandError
+
+from tests.factories import AES_KEY, TOKEN, make_source
+from wecom_sync.models import SyncRun
+from wecom_sync.services import run_full_sync
+from wecom_sync.simulator import WeComSimulator, generate_organisation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,3 +115,26 @@ def test_demo_prints_the_command_to_run_it_again_with_this_python(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{sys.executable} manage.py wecom_demo --serve" in result.stdout
     assert f"{sys.executable} manage.py wecom_demo --cleanup" in result.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_reports_a_departure_whose_event_was_not_applied(live_server, monkeypatch):
+    """Issue 12, point 15: "... was deactivated" is checked against the applied event, so it can say ✘."""
+    from wecom_sync.management.commands.wecom_demo import Command
+
+    # With this seed the fourth member (by userid) is already disabled: a check of is_active alone passes
+    # before any event is applied.
+    with WeComSimulator(generate_organisation(users=12, departments=4, seed=4)) as sim:
+        source = make_source(corp_id=sim.corp_id, secret=sim.app_secret, contact_sync_secret="",
+                             api_base_url=sim.base_url, agent_id=sim.agent_id)
+        assert run_full_sync(source).status == SyncRun.Status.SUCCEEDED
+        sim.set_callback(live_server.url + source.get_callback_path(), TOKEN, AES_KEY)
+        delete_user = sim.delete_user
+        # The departure's callback is lost on the way: WeCom changed, the site never heard of it.
+        monkeypatch.setattr(sim, "delete_user", lambda userid, **kwargs: delete_user(userid, deliver=False))
+        out = StringIO()
+        with pytest.raises(CommandError):
+            Command(stdout=out).live_changes(sim, source)
+    output = out.getvalue()
+    assert re.search(r"✘ \S+ was deactivated", output), output
+    assert output.count("✔") == 5

@@ -590,3 +590,208 @@ def test_a_partly_failed_group_keeps_its_events_pending_until_all_is_applied(sim
         Status.APPLIED}
     ext = ExternalUser.objects.get(source=source, userid_key=new.lower())
     assert ext.name == "After Rename"
+
+
+# -- issue 12: events end where the next full sync would ------------------------------------------------
+
+
+def _same_second(xml: str, create_time: str) -> str:
+    return re.sub(r"<CreateTime>\d+</CreateTime>", f"<CreateTime>{create_time}</CreateTime>", xml)
+
+
+def test_two_changes_to_one_member_in_the_same_second_are_both_applied(sim, source, live_server):
+    """Point 7: the dedupe key is a digest of the whole message, not (CreateTime, ChangeType, UserID)."""
+    userid = some_user(sim)["userid"]
+    first_dept, second_dept = [d for d in sorted(sim.org.departments) if d != 1][:2]
+    first = sim.move_user(userid, [first_dept])  # delivered and applied at once
+    assert last_event().status == Status.APPLIED
+    second = _same_second(sim.move_user(userid, [second_dept], deliver=False), _field(first, "CreateTime"))
+    body, params = sim.build_callback(second)
+    url = live_server.url + source.get_callback_path()
+    requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+    assert CallbackEvent.objects.count() == 2
+    ext = ExternalUser.objects.get(source=source, userid_key=userid.lower())
+    assert list(ext.memberships.values_list("department__department_id", flat=True)) == [second_dept]
+    # WeCom's retry of the same message is still deduplicated.
+    body, params = sim.build_callback(second)
+    requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+    assert CallbackEvent.objects.count() == 2
+
+
+@pytest.fixture
+def scoped_sim():
+    # max_depth=2: department 2 and every other department hang directly under the root.
+    with WeComSimulator(generate_organisation(users=12, departments=6, seed=9, max_depth=2)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def scoped(scoped_sim, live_server):
+    """A source that syncs only the subtree under department 2."""
+    src = make_source(
+        corp_id=scoped_sim.corp_id, secret=scoped_sim.app_secret, contact_sync_secret="",
+        api_base_url=scoped_sim.base_url, agent_id=scoped_sim.agent_id, root_department_id=2,
+    )
+    assert run_full_sync(src).status == SyncRun.Status.SUCCEEDED
+    scoped_sim.set_callback(live_server.url + src.get_callback_path(), TOKEN, AES_KEY)
+    return src
+
+
+def _next_full_sync_changes(source) -> list[tuple[str, str, str]]:
+    run = run_full_sync(source)
+    assert run.status == SyncRun.Status.SUCCEEDED, run.message
+    return list(run.changes.values_list("object_type", "external_id", "action"))
+
+
+def test_create_user_outside_the_synced_subtree_gets_no_account(scoped_sim, scoped):
+    """Point 3: a member the full sync would not list is not created by an event either."""
+    outside = 3
+    assert outside not in scoped_sim.org.subtree(2)
+    accounts = User.objects.count()
+    scoped_sim.add_user({"userid": "elsewhere", "name": "Else Where", "department": [outside],
+                         "email": "elsewhere@example.com"})
+    assert last_event().status == Status.APPLIED
+    assert not ExternalUser.objects.filter(source=scoped, userid_key="elsewhere").exists()
+    assert User.objects.count() == accounts
+    scoped_sim.add_user({"userid": "inside", "name": "In Side", "department": [2]})
+    assert ExternalUser.objects.get(source=scoped, userid_key="inside").user.is_active
+    assert _next_full_sync_changes(scoped) == []
+
+
+def test_update_user_moving_a_member_out_of_the_subtree_removes_them(scoped_sim, scoped):
+    """Point 3: moving out deactivates the account, as the next full sync would."""
+    userid = next(u for u in scoped_sim.org.members(2) if scoped_sim.org.users[u]["status"] == 1)
+    ext = ExternalUser.objects.get(source=scoped, userid_key=userid.lower())
+    assert ext.user.is_active
+    scoped_sim.move_user(userid, [3])
+    ext.refresh_from_db()
+    assert ext.is_removed and not ext.user.is_active
+    assert not ext.memberships.exists()
+    assert _next_full_sync_changes(scoped) == []
+    scoped_sim.move_user(userid, [3, 2])  # back in: the same account again
+    ext.refresh_from_db()
+    assert not ext.is_removed and ext.user.is_active
+
+
+def test_department_events_respect_the_subtree(scoped_sim, scoped):
+    """Point 3: create_party outside is not mirrored; a department moving out or in takes its members along."""
+    scoped_sim.set_app_scope([2])  # the app sees only the synced subtree: department/get outside is 60011
+    scoped_sim.add_department({"id": 700, "name": "外部门", "parentid": 3})
+    assert last_event().status == Status.APPLIED
+    assert not ExternalDepartment.objects.filter(source=scoped, department_id=700).exists()
+    scoped_sim.set_app_scope(None)
+    scoped_sim.add_department({"id": 701, "name": "内部门", "parentid": 2})
+    assert ExternalDepartment.objects.get(source=scoped, department_id=701).parent.department_id == 2
+    scoped_sim.add_user({"userid": "mover", "name": "Mover", "department": [701]})
+    scoped_sim.add_user({"userid": "outsider", "name": "Outsider", "department": [700]}, deliver=False)
+    # 700 (with its member, who got no event of their own) moves into the subtree...
+    scoped_sim.move_department(700, 701)
+    assert not ExternalDepartment.objects.get(source=scoped, department_id=700).is_removed
+    assert ExternalUser.objects.get(source=scoped, userid_key="outsider").user.is_active
+    assert ExternalUser.objects.filter(source=scoped, userid_key="mover").exists()
+    assert _next_full_sync_changes(scoped) == []
+    # ...and 701, with 700 below it, moves out: both leave, their members lose their accounts.
+    scoped_sim.move_department(701, 3)
+    assert set(ExternalDepartment.objects.filter(source=scoped, department_id__in=[700, 701])
+               .values_list("is_removed", flat=True)) == {True}
+    for userid in ("mover", "outsider"):
+        ext = ExternalUser.objects.get(source=scoped, userid_key=userid)
+        assert ext.is_removed and not ext.user.is_active
+    assert _next_full_sync_changes(scoped) == []
+
+
+def test_a_member_event_that_mirrors_a_department_moved_in_brings_its_other_members(scoped_sim, scoped):
+    """Point 3: the department's own event may come second; its members still end where a full sync puts them."""
+    resident = next(u for u in scoped_sim.org.members(3) if u not in scoped_sim.org.members(2))
+    assert not ExternalUser.objects.filter(source=scoped, userid_key=resident.lower()).exists()
+    move = store_event(scoped, parse_event(scoped_sim.move_department(3, 2, deliver=False)))[0]
+    newcomer = store_event(scoped, parse_event(scoped_sim.add_user(
+        {"userid": "newcomer", "name": "Newcomer", "department": [3]}, deliver=False)))[0]
+    assert events.process_event(newcomer.pk) == Status.APPLIED  # mirrors department 3 on its way
+    assert events.process_event(move.pk) == Status.APPLIED
+    assert ExternalUser.objects.get(source=scoped, userid_key=resident.lower()).memberships.filter(
+        department__department_id=3).exists()
+    assert _next_full_sync_changes(scoped) == []
+
+
+def _post(sim, source, live_server, xml: str) -> CallbackEvent:
+    body, params = sim.build_callback(xml)
+    url = live_server.url + source.get_callback_path()
+    requests.post(url, params=params, data=body.encode(), timeout=10).raise_for_status()
+    return last_event()
+
+
+def _let_the_rename_wait_expire(event: CallbackEvent) -> None:
+    assert event.status == Status.PENDING
+    past = timezone.now() - timedelta(seconds=events.RENAME_WAIT_SECONDS + 1)
+    CallbackEvent.objects.filter(pk=event.pk).update(received_at=past, next_attempt_at=past)
+    assert requeue_pending_events() == 1
+    event.refresh_from_db()
+    assert event.status == Status.APPLIED
+
+
+def test_rename_chain_delivered_in_reverse_keeps_the_original_account(sim, source, live_server):
+    """Point 9: B->C arrives before A->B; it waits for A->B, then both apply in order on A's account."""
+    old = some_user(sim)["userid"]
+    account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
+    accounts = User.objects.count()
+    first = sim.rename_userid(old, "step.b", deliver=False)
+    second = sim.rename_userid("step.b", "step.c", deliver=False)
+    later = _post(sim, source, live_server, second)
+    assert later.status == Status.PENDING and later.next_attempt_at is not None  # waits for the earlier rename
+    assert not ExternalUser.objects.filter(source=source, userid_key="step.c").exists()
+    earlier = _post(sim, source, live_server, first)
+    later.refresh_from_db()
+    assert (earlier.status, later.status) == (Status.APPLIED, Status.APPLIED)
+    ext = ExternalUser.objects.get(source=source, userid_key="step.c")
+    assert ext.user_id == account and not ext.is_removed and User.objects.get(pk=account).is_active
+    assert not ExternalUser.objects.filter(source=source, userid_key__in=[old.lower(), "step.b"]).exists()
+    assert User.objects.count() == accounts  # no account was made for C
+    assert not any(action == "created" for _t, _id, action in _next_full_sync_changes(source))
+
+
+def test_rename_chain_in_reverse_after_the_wait_recognises_the_member(sim, source, live_server):
+    """Point 9, A->B later than the wait: C is recognised by name and e-mail as the full sync would."""
+    old = some_user(sim)["userid"]
+    account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
+    accounts = User.objects.count()
+    first = sim.rename_userid(old, "step.b", deliver=False)
+    second = sim.rename_userid("step.b", "step.c", deliver=False)
+    _let_the_rename_wait_expire(_post(sim, source, live_server, second))
+    assert ExternalUser.objects.get(source=source, userid_key="step.c").user_id == account
+    assert _post(sim, source, live_server, first).status == Status.APPLIED
+    ext = ExternalUser.objects.get(source=source, userid_key="step.c")
+    assert ext.user_id == account and not ext.is_removed and ext.user.is_active
+    assert User.objects.count() == accounts
+
+
+def test_rename_chain_in_reverse_without_contacts_still_ends_on_the_original_account(sim, source, live_server):
+    """Point 9, after the wait and nothing to recognise the member by: when A->B arrives, C is merged back."""
+    old = some_user(sim)["userid"]
+    account = ExternalUser.objects.get(source=source, userid_key=old.lower()).user_id
+    first = sim.rename_userid(old, "step.b", deliver=False)
+    second = sim.rename_userid("step.b", "step.c", deliver=False)
+    sim.update_user("step.c", email="", mobile="", biz_mail="", deliver=False)
+    _let_the_rename_wait_expire(_post(sim, source, live_server, second))
+    assert _post(sim, source, live_server, first).status == Status.APPLIED
+    ext = ExternalUser.objects.get(source=source, userid_key="step.c")
+    assert ext.user_id == account and not ext.is_removed and ext.user.is_active
+    assert ExternalUser.objects.filter(source=source, is_removed=False).count() == len(sim.org.users)
+    # The account briefly made for C is deactivated, as for any member who left.
+    assert not User.objects.filter(is_active=True).exclude(pk=account).filter(username__istartswith="step.").exists()
+
+
+def test_rename_updates_leader_references(sim, source, mutate):
+    """Point 12: departments' leaders and members' direct_leader follow a userid renamed by an event."""
+    dept = next(d for d in sim.org.departments.values() if d.get("department_leader"))
+    leader = dept["department_leader"][0]
+    followers = [u for u, user in sim.org.users.items() if leader in (user.get("direct_leader") or ())]
+    assert followers
+    mutate("rename_userid", leader, "the.new.boss")
+    local = ExternalDepartment.objects.get(source=source, department_id=dept["id"])
+    assert "the.new.boss" in local.leaders and leader not in local.leaders
+    for userid in followers:
+        raw = ExternalUser.objects.get(source=source, userid_key=userid.lower()).raw
+        assert "the.new.boss" in raw["direct_leader"] and leader not in raw["direct_leader"]
+    # WeCom changed them the same way: the next full sync finds nothing to rewrite (rule 10).
+    assert _next_full_sync_changes(source) == []

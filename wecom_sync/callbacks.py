@@ -134,25 +134,16 @@ def event_object(fields: dict[str, Any]) -> tuple[str, str]:
 
 
 def dedupe_key(fields: dict[str, Any]) -> str:
-    """Return the idempotency key of an event: a hash of (CreateTime, ChangeType, object id, NewUserID).
+    """Return the idempotency key of an event: a SHA-256 digest of the whole decrypted message.
 
-    Event and MsgType/MsgId/JobId are included too, so non-contact events sharing a second stay distinct.
-    WeCom's retries of one event decrypt to the same fields and so share the key.
+    WeCom's retries re-send the same message, so they share the key. Two different changes to one member
+    within the same second (same CreateTime, ChangeType and UserID) differ in some field and so do not:
+    dropping a distinct change loses it, while applying a true duplicate twice is harmless (every event
+    re-fetches its object). The fields are serialised canonically (sorted keys), so the key depends on the
+    content only.
     """
-    job = fields.get("BatchJob")
-    parts = [
-        _text(fields, "Event"),
-        _text(fields, "CreateTime"),
-        _text(fields, "ChangeType"),
-        normalize_userid(_text(fields, "UserID")),
-        _text(fields, "Id"),
-        _text(fields, "TagId"),
-        normalize_userid(_text(fields, "NewUserID")),
-        _text(fields, "MsgType"),
-        _text(fields, "MsgId"),
-        _text(job, "JobId") if isinstance(job, dict) else "",
-    ]
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+    canonical = json.dumps(fields, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _create_time(fields: dict[str, Any]) -> int:

@@ -6,6 +6,12 @@ through the full sync's apply code, so the order in which events arrive cannot r
 late, older event re-applies the current state. A delete is confirmed the same way (the re-fetch must say
 the object is gone), so a stale delete_user cannot remove a member who exists again.
 
+An event ends where the next full sync would: members and departments outside the source's subtree
+(``root_department_id``) are treated as the full sync treats them (not mirrored, or removed when they move
+out; a department that moves in brings its sub-departments and members), a userid rename keeps the Django
+account even when WeCom delivers a chain of renames in reverse, and references to a renamed userid
+(departments' leaders, members' direct_leader) follow it.
+
 Events of one source are processed one at a time (the source row is locked for the duration), which
 serialises concurrent workers without a lock per object. Pending events about the same object are
 handled together: one re-fetch, all marked applied with the same SyncRun.
@@ -28,8 +34,16 @@ from django.utils.translation import gettext as _
 from .callbacks import DEPARTMENT_CHANGE_TYPES, TAG_CHANGE_TYPES, USER_CHANGE_TYPES
 from .conf import app_settings
 from .exceptions import WeComAPIError
-from .models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
-from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
+from .models import (
+    CallbackEvent,
+    ExternalDepartment,
+    ExternalMembership,
+    ExternalUser,
+    SyncRun,
+    SyncRunChange,
+    SyncSource,
+)
+from .snapshot import RemoteDepartment, RemoteUser, normalize_userid, payload_digest
 
 logger = logging.getLogger("wecom_sync.events")
 # Enqueueing happens on the callback's path: its failure is reported with the callback's keys.
@@ -200,20 +214,82 @@ def _department_group(source: SyncSource, event: CallbackEvent, kind: str = "dep
 MISSING_DEPARTMENTS_LIMIT = 200
 
 
-def _missing_departments(source: SyncSource, client: Any, wanted: Iterable[int | None]) -> list[RemoteDepartment]:
+class _Scope:
+    """The departments a source syncs: the subtree of its ``root_department_id``, read as the full sync reads it.
+
+    An event must end where the next full sync would, and that sync sees only this subtree: a member with
+    no department in it is not a member of this source, and a department outside it is not mirrored. The
+    subtree is read once per event group (``department/simplelist``, with the credential the full sync
+    enumerates with); a source that syncs the whole directory (root 1) needs no call.
+    """
+
+    def __init__(self, source: SyncSource, client: Any) -> None:
+        self.source = source
+        self.root = int(source.root_department_id or 1)
+        self.client = client
+        self._parents: dict[int, int] | None = None
+
+    @property
+    def whole_directory(self) -> bool:
+        return self.root == 1
+
+    def parents(self) -> dict[int, int]:
+        """{department id: parent id} of every department in the subtree (read on first use)."""
+        if self._parents is None:
+            from .client import WeComClient
+
+            client = self.client
+            if str(self.source.effective_fetch_strategy) == "contact_sync" and self.source.contact_sync_secret:
+                client = WeComClient.from_source(self.source, credential="contact_sync")
+            self._parents = {
+                int(item["id"]): int(item.get("parentid") or 0) for item in client.simplelist_departments(self.root)
+            }
+        return self._parents
+
+    def has_department(self, department_id: int | None) -> bool:
+        """Whether the full sync would mirror this (existing) department."""
+        if department_id is None:
+            return False
+        return self.whole_directory or int(department_id) in self.parents()
+
+    def has_user(self, remote: RemoteUser) -> bool:
+        """Whether the full sync would list this member (they belong to a department of the subtree)."""
+        return self.whole_directory or any(d in self.parents() for d in remote.departments)
+
+    def descendants(self, department_id: int) -> list[int]:
+        """The department and those of the subtree below it, parents first."""
+        if self.whole_directory:
+            return [department_id]
+        children: dict[int, list[int]] = {}
+        for dept_id, parent in self.parents().items():
+            children.setdefault(parent, []).append(dept_id)
+        out, queue = [], [department_id]
+        while queue:
+            current = queue.pop(0)
+            if current in out:
+                continue
+            out.append(current)
+            queue.extend(sorted(children.get(current, ())))
+        return out
+
+
+def _missing_departments(
+    source: SyncSource, client: Any, wanted: Iterable[int | None], scope: _Scope | None = None
+) -> list[RemoteDepartment]:
     """Fetch the departments in ``wanted`` that are not mirrored yet, and their missing ancestors.
 
     Events are coalesced and may be processed out of WeCom's order: a member's event can be handled before
     the create_party of a department the member is now in (or a department's before its parent's). Without
     this, the membership (or the parent link) would be dropped until the next full sync. Only departments
-    whose chain of parents reaches a mirrored department (or the source's root) are returned.
+    in the source's scope are returned (with the whole directory: those whose chain of parents reaches a
+    mirrored department or the root).
     """
     root = int(source.root_department_id or 1)
     known = set(
         ExternalDepartment.objects.filter(source=source, is_removed=False).values_list("department_id", flat=True)
     )
     fetched: dict[int, RemoteDepartment] = {}
-    queue = [int(d) for d in wanted if d and int(d) not in known]
+    queue = [int(d) for d in wanted if d and int(d) not in known and (scope is None or scope.has_department(d))]
     while queue and len(fetched) < MISSING_DEPARTMENTS_LIMIT:
         dept_id = queue.pop()
         if dept_id in known or dept_id in fetched:
@@ -227,6 +303,8 @@ def _missing_departments(source: SyncSource, client: Any, wanted: Iterable[int |
         fetched[dept_id] = remote
         if remote.id != root and remote.parent_id and remote.parent_id not in known:
             queue.append(int(remote.parent_id))
+    if scope is not None and not scope.whole_directory:
+        return [remote for dept_id, remote in fetched.items() if scope.has_department(dept_id)]
     in_scope = set(known)
     changed = True
     while changed:
@@ -268,9 +346,144 @@ def _take_over_userid(source: SyncSource, run: SyncRun, client: Any, old: str, n
     return rename_user(source, run, old, new)
 
 
+def _applied_rename_chain(source: SyncSource, userid: str, since: int) -> str:
+    """Follow renames of ``userid`` already applied, made at or after ``since``; return the last userid.
+
+    WeCom may deliver a rename chain in reverse (B->C before A->B): B->C was applied when B was unknown
+    here. When A->B arrives, the member it names answers to C now.
+    """
+    current, seen = userid, set()
+    while normalize_userid(current) not in seen:
+        seen.add(normalize_userid(current))
+        later = (
+            CallbackEvent.objects.filter(
+                source=source, status=Status.APPLIED, event="change_contact", change_type="update_user",
+                object_id=normalize_userid(current), create_time__gte=since, payload__has_key="NewUserID",
+            )
+            .order_by("create_time", "pk")
+            .first()
+        )
+        if later is None or not _new_userid(later):
+            break
+        current, since = _new_userid(later), later.create_time
+    return current
+
+
+def _rename_references(source: SyncSource, old: str, new: str) -> None:
+    """Point departments' leaders and members' direct_leader at the new userid, as WeCom itself does.
+
+    WeCom sends no event for the departments and members whose references a rename changed; the raw
+    payloads and digests are updated with them, so the next full sync finds them unchanged.
+    """
+    old_key = normalize_userid(old)
+
+    def swap(values: Any) -> list[Any] | None:
+        if not isinstance(values, list) or not any(
+            isinstance(v, str) and normalize_userid(v) == old_key for v in values
+        ):
+            return None
+        return [new if isinstance(v, str) and normalize_userid(v) == old_key else v for v in values]
+
+    departments = []
+    led = ExternalDepartment.objects.filter(source=source, leaders__icontains=old_key)
+    for dept in led.only("pk", "leaders", "raw", "digest"):
+        leaders = swap(dept.leaders)
+        if leaders is None:
+            continue
+        dept.leaders = leaders
+        raw = dict(dept.raw or {})
+        if swap(raw.get("department_leader")) is not None:
+            raw["department_leader"] = swap(raw.get("department_leader"))
+            dept.raw, dept.digest = raw, payload_digest(raw)
+        departments.append(dept)
+    if departments:
+        ExternalDepartment.objects.bulk_update(departments, ["leaders", "raw", "digest"])
+    members = []
+    candidates = ExternalUser.objects.filter(source=source, raw__direct_leader__icontains=old_key)
+    for ext in candidates.only("pk", "raw", "digest"):
+        leaders = swap((ext.raw or {}).get("direct_leader"))
+        if leaders is None:
+            continue
+        ext.raw = {**ext.raw, "direct_leader": leaders}
+        ext.digest = payload_digest(ext.raw)
+        members.append(ext)
+    if members:
+        ExternalUser.objects.bulk_update(members, ["raw", "digest"])
+
+
+def _contacts(name: str, values: Iterable[Any]) -> set[tuple[str, str]]:
+    name = name.strip()
+    return {(name, str(v).strip().lower()) for v in values if name and isinstance(v, str) and v.strip()}
+
+
+def _earlier_userid(source: SyncSource, client: Any, userid: str) -> str | None:
+    """The mirrored userid that WeCom's member ``userid`` had before a rename not yet received, if certain.
+
+    As the full sync's rename detection: a mirrored member whose userid is gone from WeCom, with the same
+    name and a shared non-empty biz_mail, email or mobile, and the only one to match.
+    """
+    try:
+        remote = RemoteUser.from_api(client.get_user(userid))
+    except WeComAPIError as exc:
+        if exc.errcode not in USER_GONE_ERRCODES:
+            raise
+        return None
+    wanted = _contacts(remote.name, (remote.biz_mail, remote.email, remote.mobile))
+    if not wanted:
+        return None
+    matches = [
+        candidate
+        for candidate, raw in ExternalUser.objects.filter(
+            source=source, is_removed=False, name=remote.name[:255]
+        ).values_list("userid", "raw")
+        if wanted & _contacts(str((raw or {}).get("name") or ""),
+                              [(raw or {}).get(k) for k in ("biz_mail", "email", "mobile")])
+    ]
+    if len(matches) != 1:
+        return None
+    try:
+        client.get_user(matches[0])
+    except WeComAPIError as exc:
+        if exc.errcode not in USER_GONE_ERRCODES:
+            raise
+        return matches[0]
+    return None  # still in WeCom under that userid: another person
+
+
+def _rename(source: SyncSource, run: SyncRun, client: Any, old: str, new: str, since: int,
+            outcome: _Outcome) -> bool:
+    """Apply one rename event (identity is the userid and survives renames); return whether it did."""
+    from .sync.apply import rename_user
+
+    final = new
+    mirrored = set(
+        ExternalUser.objects.filter(
+            source=source, userid_key__in=[normalize_userid(old), normalize_userid(new)]
+        ).values_list("userid_key", flat=True)
+    )
+    if not mirrored:
+        # Neither userid is known here: an earlier rename of this member (A->B before this B->C) has not
+        # arrived yet. The member is recognised as the full sync recognises a rename, not made anew.
+        earlier = _earlier_userid(source, client, new)
+        if earlier is not None and rename_user(source, run, earlier, new, counters=outcome.counters):
+            _rename_references(source, earlier, new)
+            return True
+    if normalize_userid(new) not in mirrored:
+        final = _applied_rename_chain(source, new, since)
+    if normalize_userid(final) != normalize_userid(new) and _take_over_userid(source, run, client, old, final):
+        renamed = True
+    else:
+        renamed = _take_over_userid(source, run, client, old, new) or rename_user(
+            source, run, old, new, counters=outcome.counters
+        )
+        final = new
+    if renamed:
+        _rename_references(source, old, final)
+    return renamed
+
+
 def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], outcome: _Outcome) -> None:
     from .client import WeComClient
-    from .sync.apply import apply_remote_objects, remove_users, rename_user
 
     renames = sorted(
         ((e.create_time, e.pk, _userid(e), _new_userid(e)) for e in group if _new_userid(e)),
@@ -278,10 +491,8 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
     )
     client = WeComClient.from_source(source)
     unrenamed: list[str] = []
-    for _ct, _pk, old, new in renames:
-        renamed = _take_over_userid(source, run, client, old, new) or rename_user(
-            source, run, old, new, counters=outcome.counters
-        )
+    for ct, _pk, old, new in renames:
+        renamed = _rename(source, run, client, old, new, ct, outcome)
         outcome.add({"renamed": 1 if renamed else 0})
         if not renamed:
             unrenamed.append(old)
@@ -297,6 +508,9 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
     targets: dict[str, str] = {}
     for e in group:
         userid = final_userid(_new_userid(e) or _userid(e), e.create_time)
+        # A rename made after this event may have been applied already (events arrive in any order): the
+        # member answers to the renamed userid now, and the old one would read as gone.
+        userid = _applied_rename_chain(source, userid, e.create_time)
         targets.setdefault(normalize_userid(userid), userid)
 
     # A rename that could not be applied (a full sync running at that moment already mirrored the new
@@ -307,21 +521,81 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
     ).values_list("userid", flat=True)
     for userid in leftover:
         targets.setdefault(normalize_userid(userid), userid)
+    _refresh_users(source, run, client, _Scope(source, client), list(targets.values()), outcome)
+
+
+def _refresh_users(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, userids: list[str],
+                   outcome: _Outcome) -> None:
+    """Re-fetch these members and apply them as the full sync would: gone or out of scope means removed."""
+    from .sync.apply import apply_remote_objects, remove_users
 
     found: list[RemoteUser] = []
     gone: list[str] = []
-    for userid in targets.values():
+    for userid in userids:
         try:
-            found.append(RemoteUser.from_api(client.get_user(userid)))
+            remote = RemoteUser.from_api(client.get_user(userid))
         except WeComAPIError as exc:
             if exc.errcode not in USER_GONE_ERRCODES:
                 raise
             gone.append(userid)
+            continue
+        if scope.has_user(remote):
+            found.append(remote)
+        else:
+            gone.append(userid)  # in WeCom, but not in the synced subtree: the full sync would not list them
+    led = _led_departments(source, found, gone)
     if found:
-        departments = _missing_departments(source, client, {d for user in found for d in user.departments})
+        departments = _missing_departments(source, client, {d for user in found for d in user.departments}, scope)
         outcome.add(apply_remote_objects(source, run, departments=departments, users=found))
+        if not scope.whole_directory:
+            # A department mirrored only now may have moved into the subtree with members of its own.
+            for dept in departments:
+                _enter_scope(source, run, client, scope, dept.id, outcome)
     if gone:
         outcome.add(remove_users(source, run, gone))
+    if led:
+        _refresh_departments(source, run, client, scope, led, outcome)
+
+
+def _led_departments(source: SyncSource, found: list[RemoteUser], gone: list[str]) -> list[int]:
+    """Mirrored departments whose leader list these members' change may have changed.
+
+    WeCom updates a department's leaders when a leader leaves it, joins it as leader or leaves the company,
+    and sends no department event for that (update_party fires only when ParentId changes).
+    """
+    keys = {u.key for u in found} | {normalize_userid(u) for u in gone}
+    leading = {(u.key, d) for u in found for d, _o, leader, _m in u.memberships() if leader}
+    if not keys:
+        return []
+    named = Q(department_id__in={d for _k, d in leading})
+    for key in keys:
+        named |= Q(leaders__icontains=key)  # narrowed here, decided exactly below
+    out = []
+    for dept_id, leaders in ExternalDepartment.objects.filter(named, source=source, is_removed=False).values_list(
+        "department_id", "leaders"
+    ):
+        local = {normalize_userid(str(v)) for v in leaders or ()}
+        if local & keys or any((key, dept_id) in leading for key in keys - local):
+            out.append(dept_id)
+    return out
+
+
+def _refresh_departments(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_ids: list[int],
+                         outcome: _Outcome) -> None:
+    """Re-fetch mirrored departments and apply what changed (a gone one is left to its own event)."""
+    from .sync.apply import apply_remote_objects
+
+    departments = []
+    for dept_id in department_ids:
+        if not scope.has_department(dept_id):
+            continue
+        try:
+            departments.append(RemoteDepartment.from_api(client.get_department(dept_id)))
+        except WeComAPIError as exc:
+            if exc.errcode not in DEPARTMENT_GONE_ERRCODES:
+                raise
+    if departments:
+        outcome.add(apply_remote_objects(source, run, departments=departments))
 
 
 def _apply_departments(
@@ -332,6 +606,12 @@ def _apply_departments(
 
     department_id = int(group[0].object_id)
     client = WeComClient.from_source(source)
+    scope = _Scope(source, client)
+    if not scope.has_department(department_id):
+        # Outside the synced subtree (or gone): no department/get, which an app whose visible range is
+        # that subtree would answer with 60011.
+        _leave_scope(source, run, client, scope, department_id, outcome)
+        return
     try:
         remote = RemoteDepartment.from_api(client.get_department(department_id))
     except WeComAPIError as exc:
@@ -339,8 +619,129 @@ def _apply_departments(
             raise
         outcome.add(remove_departments(source, run, [department_id]))
         return
-    parents = _missing_departments(source, client, [remote.parent_id]) if remote.id != source.root_department_id else []
+    was_mirrored = ExternalDepartment.objects.filter(
+        source=source, department_id=remote.id, is_removed=False
+    ).exists()
+    parents = _missing_departments(source, client, [remote.parent_id], scope) if remote.id != scope.root else []
     outcome.add(apply_remote_objects(source, run, departments=[*parents, remote]))
+    if not scope.whole_directory:
+        for dept_id in [*(p.id for p in parents), *([] if was_mirrored else [remote.id])]:
+            _enter_scope(source, run, client, scope, dept_id, outcome)
+
+
+def _leave_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_id: int,
+                 outcome: _Outcome) -> None:
+    """A department moved out of the synced subtree: remove it and what the full sync no longer sees below it.
+
+    Its mirrored sub-departments outside the subtree go with it; their members are re-fetched, so that a
+    member left with no department in the subtree is removed as the full sync would remove them.
+    """
+    from .sync.apply import remove_departments
+
+    rows = list(
+        ExternalDepartment.objects.filter(source=source, is_removed=False).values_list(
+            "pk", "department_id", "parent_id"
+        )
+    )
+    dept_of = {pk: dept_id for pk, dept_id, _parent in rows}
+    children: dict[int, list[int]] = {}
+    for _pk, dept_id, parent_pk in rows:
+        if parent_pk in dept_of:
+            children.setdefault(dept_of[parent_pk], []).append(dept_id)
+    if department_id not in dept_of.values():
+        return
+    leaving, queue = set(), [department_id]
+    while queue:
+        current = queue.pop()
+        if current in leaving:
+            continue
+        leaving.add(current)
+        queue.extend(d for d in children.get(current, ()) if not scope.has_department(d))
+    members = list(
+        ExternalMembership.objects.filter(department__source=source, department__department_id__in=leaving)
+        .values_list("user__userid", flat=True)
+        .distinct()
+    )
+    outcome.add(remove_departments(source, run, sorted(leaving)))
+    if members:
+        _refresh_users(source, run, client, scope, sorted(set(members)), outcome)
+
+
+def _enter_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_id: int,
+                 outcome: _Outcome) -> None:
+    """A department came into the synced subtree (it was not mirrored): bring in its subtree and members.
+
+    WeCom sends one event for the department that moved, and it may be processed after an event that
+    already mirrored the department; the full sync would also see the departments below it and their
+    members, which get no event of their own.
+    """
+    from .sync.apply import apply_remote_objects
+
+    below = [d for d in scope.descendants(department_id) if d != department_id]
+    mirrored = set(
+        ExternalDepartment.objects.filter(source=source, is_removed=False, department_id__in=below).values_list(
+            "department_id", flat=True
+        )
+    )
+    departments = []
+    for dept_id in below:
+        if dept_id in mirrored:
+            continue
+        try:
+            departments.append(RemoteDepartment.from_api(client.get_department(dept_id)))
+        except WeComAPIError as exc:
+            if exc.errcode not in DEPARTMENT_GONE_ERRCODES:
+                raise
+    if departments:
+        outcome.add(apply_remote_objects(source, run, departments=departments))
+    members: dict[str, RemoteUser] = {}
+    for dept_id in [department_id, *below]:
+        try:
+            listed = client.list_users(dept_id)
+        except WeComAPIError as exc:
+            if exc.errcode not in DEPARTMENT_GONE_ERRCODES:
+                raise
+            continue
+        for item in listed:
+            remote = RemoteUser.from_api(item)
+            members.setdefault(remote.key, remote)
+    if members:
+        outcome.add(apply_remote_objects(source, run, users=list(members.values())))
+
+
+#: A rename whose old userid is unknown here waits this long for the rename before it (B->C before A->B).
+RENAME_WAIT_SECONDS = 30
+
+
+def _earlier_rename_awaited(source: SyncSource, group: list[CallbackEvent]) -> Any:
+    """When the group should wait for an earlier rename of its member, until when; else None.
+
+    WeCom may deliver a member's renames in reverse (B->C before A->B). Neither B nor C is mirrored then,
+    and applying B->C alone would give C a new account. Waiting a little lets A->B arrive: the two are then
+    coalesced and applied in order. A rename that is still unexplained after the wait is applied as it is
+    (the member is recognised as the full sync would; a late A->B still merges C back into A's account).
+    """
+    renames = [(e, normalize_userid(_userid(e)), normalize_userid(_new_userid(e))) for e in group if _new_userid(e)]
+    if not renames:
+        return None
+    keys = {k for _e, old, new in renames for k in (old, new)}
+    mirrored = set(
+        ExternalUser.objects.filter(source=source, userid_key__in=keys).values_list("userid_key", flat=True)
+    )
+    explained = mirrored | {new for _e, _old, new in renames} | {
+        e.object_id for e in group if e.change_type == "create_user"
+    }
+    now = timezone.now()
+    waits = [
+        e.received_at + timedelta(seconds=RENAME_WAIT_SECONDS)
+        for e, old, new in renames
+        if old not in explained
+        and new not in mirrored
+        # the later rename (B->C) was applied already: this is the late A->B, it has nothing to wait for
+        and normalize_userid(_applied_rename_chain(source, new, e.create_time)) == new
+    ]
+    until = max(waits, default=None)
+    return until if until is not None and until > now else None
 
 
 def _full_sync_holds_lock(source: SyncSource) -> bool:
@@ -391,6 +792,16 @@ def _process_locked(event_id: int) -> str | None:
         logger.info("wecom_sync.events.deferred", extra={"event_id": event.pk, "reason": "full_sync_running"})
         return event.status
 
+    group = _user_group(source, event) if kind == "user" else _department_group(source, event, kind)
+    if event.pk not in {e.pk for e in group}:
+        group.append(event)
+    waits_until = _earlier_rename_awaited(source, group) if kind == "user" else None
+    if waits_until is not None:
+        event.next_attempt_at = waits_until
+        event.save(update_fields=["next_attempt_at"])
+        logger.info("wecom_sync.events.deferred", extra={"event_id": event.pk, "reason": "rename_order"})
+        return event.status
+
     now = timezone.now()
     run = SyncRun.objects.create(
         source=source,
@@ -400,9 +811,6 @@ def _process_locked(event_id: int) -> str | None:
         started_at=now,
         heartbeat_at=now,
     )
-    group = _user_group(source, event) if kind == "user" else _department_group(source, event, kind)
-    if event.pk not in {e.pk for e in group}:
-        group.append(event)
     outcome = _Outcome()
     from .sync.tags import apply_tag_event, refresh_after_events
 

@@ -205,6 +205,8 @@ class Command(BaseCommand):
         new_dept = max(sim.org.departments) + 1
         before = CallbackEvent.objects.filter(source=source).count()
         renamed_user_pk = ExternalUser.objects.get(source=source, userid_key=users[2].lower()).user_id
+        # An active member leaves: a member already disabled would read as deactivated before any event.
+        leaver = next(u for u in users[3:] if sim.org.users[u].get("status") == 1)
         changes = [
             (_("new department #%(id)d") % {"id": new_dept},
              lambda: sim.add_department({"id": new_dept, "name": "Demo Lab", "parentid": 1, "order": 1})),
@@ -217,7 +219,7 @@ class Command(BaseCommand):
              lambda: sim.move_user(users[1], [some_dept], main_department=some_dept)),
             (_("userid %(old)s changed to %(new)s") % {"old": users[2], "new": users[2] + ".renamed"},
              lambda: sim.rename_userid(users[2], users[2] + ".renamed")),
-            (_("%(u)s left the company") % {"u": users[3]}, lambda: sim.delete_user(users[3])),
+            (_("%(u)s left the company") % {"u": leaver}, lambda: sim.delete_user(leaver)),
         ]
         for label, change in changes:
             change()
@@ -246,8 +248,11 @@ class Command(BaseCommand):
              ExternalUser.objects.filter(source=source, userid_key=(users[2] + ".renamed").lower(),
                                          user_id=renamed_user_pk).exists()
              and not ExternalUser.objects.filter(source=source, userid_key=users[2].lower()).exists()),
-            (_("%(u)s was deactivated") % {"u": users[3]},
-             ExternalUser.objects.filter(source=source, userid_key=users[3].lower(), user__is_active=False).exists()),
+            (_("%(u)s was deactivated") % {"u": leaver},
+             CallbackEvent.objects.filter(source=source, change_type="delete_user", object_id=leaver.lower(),
+                                          status=CallbackEvent.Status.APPLIED).exists()
+             and ExternalUser.objects.filter(source=source, userid_key=leaver.lower(), is_removed=True,
+                                             user__is_active=False).exists()),
         ]
         for label, ok in checks:
             mark = self.style.SUCCESS("✔") if ok else self.style.ERROR("✘")
