@@ -23,7 +23,7 @@ def record_action(user: Any, obj: Any, message: str) -> None:
         LogEntry.objects.log_actions(user.pk, [obj], CHANGE, change_message=message, single_object=True)
     else:
         content_type = ContentType.objects.get_for_model(type(obj))
-        LogEntry.objects.log_action(
+        LogEntry.objects.log_action(  # type: ignore[attr-defined]  # Django < 5.1, removed from the stubs
             user_id=user.pk, content_type_id=content_type.pk, object_id=obj.pk, object_repr=str(obj)[:200],
             action_flag=CHANGE, change_message=message,
         )

@@ -7,6 +7,7 @@ from typing import Any
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
+from ..fields import EncryptedTextField
 from ..health import SourceHealth, source_health
 from ..models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
 
@@ -57,7 +58,8 @@ class SourceSerializer(serializers.ModelSerializer):
 
     def get_secrets_set(self, obj: SyncSource) -> dict[str, bool]:
         # From the stored ciphertext: a source whose secrets cannot be decrypted still lists.
-        return {name: obj._meta.get_field(name).is_set(obj) for name in SECRET_FIELDS}
+        fields = {name: obj._meta.get_field(name) for name in SECRET_FIELDS}
+        return {name: isinstance(field, EncryptedTextField) and field.is_set(obj) for name, field in fields.items()}
 
     def get_secrets_readable(self, obj: SyncSource) -> bool:
         return obj.secrets_readable
