@@ -573,3 +573,12 @@ def test_redact():
     line = "GET /cgi-bin/user/get?access_token=abc.def-1&userid=x"
     assert redact(line) == "GET /cgi-bin/user/get?access_token=***&userid=x"
     assert redact("/cgi-bin/gettoken?corpid=ww1&corpsecret=s3cr3t") == "/cgi-bin/gettoken?corpid=ww1&corpsecret=***"
+
+
+def test_redact_hides_userids_only_within_userids_redacted():
+    from wecom_sync.client import userids_redacted
+
+    line = "GET /cgi-bin/user/get?userid=Zhang.San&access_token=abc"
+    with userids_redacted():
+        assert redact(line) == "GET /cgi-bin/user/get?userid=***&access_token=***"
+    assert redact(line) == "GET /cgi-bin/user/get?userid=Zhang.San&access_token=***"

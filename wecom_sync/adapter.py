@@ -43,6 +43,15 @@ class LinkRefused(LinkError):
     """The only candidate for linking is an account the sync must not take over (an admin, by default)."""
 
 
+def comparable(value: str) -> bool:
+    """Whether a link value may be compared case-insensitively: ASCII only.
+
+    Unicode case mapping folds look-alikes onto ASCII (KELVIN SIGN U+212A lowers to "k"), so a non-ASCII value
+    could match a different person's address or login; such values are never used to link.
+    """
+    return value.isascii()
+
+
 class DefaultWeComAdapter:
     """Default policy: username from userid, name and email from WeCom, is_active from status."""
 
@@ -105,17 +114,19 @@ class DefaultWeComAdapter:
             wanted[i] = self.username_base(source, remote)[:max_len]
         attempt = 0
         pending = set(wanted)
-        chosen: set[str] = set()
+        chosen: set[str] = set()  # lower-cased
         while pending:
-            names = {wanted[i] for i in pending}
-            taken = set(model._default_manager.filter(**{f"{field}__in": names}).values_list(field, flat=True))
+            # Compared case-insensitively: "ROOT" next to "root" would be a look-alike of another login.
+            names = {wanted[i].lower() for i in pending}
+            rows = model._default_manager.annotate(_login=Lower(field)).filter(_login__in=names)
+            taken = {str(name).lower() for name in rows.values_list(field, flat=True)}
             retry = set()
             for i in sorted(pending):
                 name = wanted[i]
-                if name in taken or name in chosen:
+                if name.lower() in taken or name.lower() in chosen:
                     retry.add(i)
                 else:
-                    chosen.add(name)
+                    chosen.add(name.lower())
                     setattr(pairs[i][1], field, name)
             attempt += 1
             for i in retry:
@@ -219,12 +230,14 @@ class DefaultWeComAdapter:
     # -- linking existing users ----------------------------------------------------------------------
 
     def link_values(self, remote: RemoteUser) -> dict[str, list[str]]:
-        """The values compared per LINK_EXISTING_BY key (empty values are never compared)."""
+        """The values compared per LINK_EXISTING_BY key (empty and non-ASCII values are never compared)."""
+        # Checked before lower(), which is what folds a look-alike onto ASCII.
         values = {
-            "email": [v.strip().lower() for v in (remote.biz_mail, remote.email) if v and v.strip()],
+            "email": [v.strip() for v in (remote.biz_mail, remote.email) if v and v.strip()],
             "mobile": [remote.mobile.strip()] if remote.mobile and remote.mobile.strip() else [],
             "username": [remote.userid] if remote.userid else [],
         }
+        values = {k: [v.lower() if k == "email" else v for v in vals if comparable(v)] for k, vals in values.items()}
         return {k: v for k, v in values.items() if k in app_settings.LINK_EXISTING_BY and v}
 
     def find_existing_users(
@@ -239,7 +252,7 @@ class DefaultWeComAdapter:
         model = self.get_user_model()
         remotes = list(remotes)
         self._link_calls = getattr(self, "_link_calls", 0) + 1
-        per_remote = {r.key: self.link_values(r) for r in remotes}
+        per_remote = {r.key: self._comparable_values(self.link_values(r)) for r in remotes}
         result: dict[str, Any | LinkError | None] = {r.key: None for r in remotes}
         keys = sorted({k for values in per_remote.values() for k in values})
         if not keys:
@@ -267,6 +280,8 @@ class DefaultWeComAdapter:
                 qs = model._default_manager.filter(**{f"{field}__in": values}).annotate(_link=Lower(field))
             bucket = found.setdefault(key, {})
             for user in qs:
+                if not comparable(str(getattr(user, field) or "").strip()):
+                    continue  # the database's lower() may fold a look-alike stored value onto the ASCII one
                 users[user.pk] = user
                 link = user._link if key in ("email", "username") else getattr(user, field)
                 bucket.setdefault(str(link).strip(), set()).add(user.pk)
@@ -291,6 +306,11 @@ class DefaultWeComAdapter:
                 )
         return result
 
+    @staticmethod
+    def _comparable_values(values: dict[str, list[str]]) -> dict[str, list[str]]:
+        """``values`` without what may not be compared (also when a subclass's link_values returns it)."""
+        kept = {key: [v for v in vals if v and comparable(v)] for key, vals in values.items()}
+        return {key: vals for key, vals in kept.items() if vals}
 
     def _email_index(self, field: str) -> dict[str, list[int]]:
         """Lower-cased email -> user pks of every user with an email, read once per adapter instance (run)."""
@@ -299,7 +319,8 @@ class DefaultWeComAdapter:
             index = {}
             rows = self.get_user_model()._default_manager.exclude(**{f"{field}__isnull": True}).exclude(**{field: ""})
             for pk, email in rows.values_list("pk", field).iterator(chunk_size=10000):
-                index.setdefault(email.strip().lower(), []).append(pk)
+                if comparable(email.strip()):
+                    index.setdefault(email.strip().lower(), []).append(pk)
             self._email_index_cache = index
         return index
 

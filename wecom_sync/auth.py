@@ -5,7 +5,8 @@ login's QR code); WeCom sends it back with ``code`` and ``state``; the callback 
 ``django.contrib.auth.authenticate(request, source=..., code=OAuthCode(...))``. ``WeComBackend`` exchanges the
 code with ``auth/getuserinfo`` for a userid, finds the source's ``ExternalUser`` (userids are case-insensitive)
 and returns its Django account, but only an active account of an active, not-removed mapping of an enabled
-source with sign-in on, whose member status the adapter allows (``can_login``). With
+source with sign-in on, whose member status the adapter allows (``can_login``). The status is read afresh
+with ``user/get`` (the mirror may predate a disable in WeCom); the mirror itself is not written. With
 ``WECOM_SYNC["LOGIN_CREATE_USERS"]`` a member the sync has not mirrored yet is fetched with ``user/get`` and
 provisioned through the sync's own apply code.
 
@@ -16,10 +17,13 @@ with no personal data; codes and tokens are never logged.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import BaseBackend
@@ -30,8 +34,12 @@ from django.utils import timezone
 from .adapter import get_adapter
 from .conf import app_settings
 from .exceptions import WeComAPIError, WeComError, WeComTransportError
+from .internal.secretbox import SecretDecryptionError
 from .models import ExternalDepartment, ExternalUser, SyncRun, SyncSource
 from .snapshot import RemoteUser, normalize_userid
+
+if TYPE_CHECKING:
+    from .client import WeComClient
 
 logger = logging.getLogger("wecom_sync.login")
 
@@ -122,15 +130,28 @@ def _claim_code(source: SyncSource, code: str) -> bool:
     return bool(caches[app_settings.TOKEN_CACHE_ALIAS].add(f"wecom_sync:login:code:{digest}", 1, USED_CODE_SECONDS))
 
 
-def exchange_code(source: SyncSource, code: str) -> str:
-    """Return the userid that ``auth/getuserinfo`` gives for a code (raises LoginError)."""
-    from .client import WeComClient
+@contextmanager
+def app_client(source: SyncSource) -> Iterator[WeComClient]:
+    """A client on the source's app secret; a secret that cannot be used raises LoginError, never a 500."""
+    from .client import WeComClient, userids_redacted
 
     try:
-        with WeComClient.from_source(source) as client:
-            data = client.call("GET", "auth/getuserinfo", params={"code": code})
+        client = WeComClient.from_source(source)
+    except SecretDecryptionError:
+        raise LoginError("secrets_unreadable") from None
     except WeComError as exc:
         raise api_failure(exc) from None
+    with client, userids_redacted():  # who signs in stays out of the HTTP library's debug log
+        yield client
+
+
+def exchange_code(source: SyncSource, code: str) -> str:
+    """Return the userid that ``auth/getuserinfo`` gives for a code (raises LoginError)."""
+    with app_client(source) as client:
+        try:
+            data = client.call("GET", "auth/getuserinfo", params={"code": code})
+        except WeComError as exc:
+            raise api_failure(exc) from None
     userid = str(data.get("userid") or data.get("UserId") or "").strip()
     if not userid:
         # An openid (or external_userid) only: a WeChat user or an external contact, not a member.
@@ -138,21 +159,38 @@ def exchange_code(source: SyncSource, code: str) -> str:
     return userid
 
 
+def fetch_member(client: WeComClient, userid: str) -> RemoteUser:
+    """The member as WeCom lists it now (``user/get``); LoginError ``member_gone`` when WeCom has no such member."""
+    try:
+        return RemoteUser.from_api(client.get_user(userid))
+    except WeComAPIError as exc:
+        if exc.errcode in MEMBER_GONE_ERRCODES:
+            raise LoginError("member_gone", errcode=exc.errcode) from None
+        raise api_failure(exc) from None
+    except WeComError as exc:
+        raise api_failure(exc) from None
+
+
+def with_current_status(source: SyncSource, ext: ExternalUser, userid: str) -> ExternalUser:
+    """A copy of a mapping with the member's status (and record) as WeCom gives them now; the mirror is not written.
+
+    The mirror may predate a disable in WeCom (events can be late or lost), so a sign-in asks once.
+    """
+    with app_client(source) as client:
+        remote = fetch_member(client, userid)
+    current = copy.copy(ext)
+    current.status = remote.status
+    current.raw = dict(remote.raw)
+    return current
+
+
 def provision_member(source: SyncSource, userid: str) -> ExternalUser:
     """Fetch a member not mirrored yet with ``user/get`` and apply it as a sync would (raises LoginError)."""
-    from .client import WeComClient
     from .events import _missing_departments
     from .sync.apply import apply_remote_objects
 
-    with WeComClient.from_source(source) as client:
-        try:
-            remote = RemoteUser.from_api(client.get_user(userid))
-        except WeComAPIError as exc:
-            if exc.errcode in MEMBER_GONE_ERRCODES:
-                raise LoginError("member_gone", errcode=exc.errcode) from None
-            raise api_failure(exc) from None
-        except WeComError as exc:
-            raise api_failure(exc) from None
+    with app_client(source) as client:
+        remote = fetch_member(client, userid)
         if not get_adapter().is_active_for_status(remote.status):
             raise LoginError("member_status")
         with transaction.atomic():
@@ -212,7 +250,9 @@ def authenticate_code(source: SyncSource, code: str) -> Any:
     if ext is None:
         if not app_settings.LOGIN_CREATE_USERS:
             raise LoginError("not_mapped")
-        ext = provision_member(source, userid)
+        ext = provision_member(source, userid)  # read from WeCom just now
+    elif not ext.is_removed:
+        ext = with_current_status(source, ext, userid)
     if ext.is_removed:
         raise LoginError("mapping_removed")
     if not get_adapter().can_login(ext):

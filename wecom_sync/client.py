@@ -16,8 +16,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -41,6 +43,9 @@ _TOKEN_POLL_SECONDS = 0.05
 
 # "code" is a sign-in's OAuth code (auth/getuserinfo); the lookbehind keeps "errcode=" readable.
 _SECRET_QUERY = re.compile(r"((?<![A-Za-z0-9_])(?:access_token|corpsecret|code)=)[^&\s'\"]*", re.IGNORECASE)
+_USERID_QUERY = re.compile(r"((?<![A-Za-z0-9_])userid=)[^&\s'\"]*", re.IGNORECASE)
+#: Set by ``userids_redacted``: request lines hide userid= values too.
+_hide_userids: ContextVar[bool] = ContextVar("wecom_sync_hide_userids", default=False)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,7 +53,18 @@ R = TypeVar("R")
 
 def redact(text: str) -> str:
     """Return text with the values of access_token=, corpsecret= and code= query parameters replaced by ***."""
-    return _SECRET_QUERY.sub(r"\1***", text)
+    text = _SECRET_QUERY.sub(r"\1***", text)
+    return _USERID_QUERY.sub(r"\1***", text) if _hide_userids.get() else text
+
+
+@contextmanager
+def userids_redacted() -> Iterator[None]:
+    """Within the block, urllib3's request lines hide userid= values too (a sign-in: who signs in is not logged)."""
+    token = _hide_userids.set(True)
+    try:
+        yield
+    finally:
+        _hide_userids.reset(token)
 
 
 class RedactSecretsFilter(logging.Filter):

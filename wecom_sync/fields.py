@@ -64,6 +64,12 @@ class EncryptedTextField(models.TextField):
             return None  # not bound yet: the model saves the row first (SyncSource.save)
         return Sealed(secretbox.encrypt(str(value), self.context(instance)))
 
+    def is_set(self, instance: Any) -> bool:
+        """Whether a value is stored (or about to be) in this field of ``instance``, without decrypting it."""
+        if self.attname not in instance.__dict__ and instance.pk is not None:
+            instance.refresh_from_db(fields=[self.attname])  # deferred: load the stored form, still sealed
+        return bool(instance.__dict__.get(self.attname))
+
     def is_readable(self, instance: Any) -> bool:
         """Whether the stored value decrypts with the configured keys (True when empty or plaintext)."""
         value = instance.__dict__.get(self.attname)

@@ -22,13 +22,14 @@ from django.shortcuts import resolve_url
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from .auth import BACKEND_PATH, LoginError, OAuthCode, log_failure
 from .conf import app_settings
-from .models import SyncSource
+from .models import SECRETS_UNREADABLE_MESSAGE, SyncSource
 
 #: Session key holding the pending sign-ins: {state: {"slug", "next", "at"}}.
 SESSION_KEY = "wecom_sync_login"
@@ -47,6 +48,9 @@ REASONS: dict[str, tuple[int, Any, Any, Any]] = {
           "authentication backend is not installed."),
         _("Administrator: set the AgentId and Secret of the source, and add wecom_sync.auth.WeComBackend to "
           "AUTHENTICATION_BACKENDS.")),
+    "secrets_unreadable": (503, _("Sign-in with WeCom is not available right now"),
+        _("The site cannot read the credentials it uses to ask WeCom who you are."),
+        format_lazy(_("Administrator: the source's {message}."), message=SECRETS_UNREADABLE_MESSAGE)),
     "state_missing": (400, _("The sign-in could not be verified"),
         _("WeCom sent you back without the state of this sign-in."),
         _("Start again from the login page.")),

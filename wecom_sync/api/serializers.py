@@ -7,11 +7,12 @@ from typing import Any
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
+from ..fields import EncryptedTextField
 from ..health import SourceHealth, source_health
 from ..models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
 
 #: The encrypted fields of a source; the API says only whether each is set.
-SECRET_FIELDS = ("secret", "contact_sync_secret", "token", "encoding_aes_key")
+SECRET_FIELDS = SyncSource.SECRET_FIELDS
 
 
 class RunSummarySerializer(serializers.ModelSerializer):
@@ -29,6 +30,10 @@ class SourceSerializer(serializers.ModelSerializer):
     secrets_set = serializers.SerializerMethodField(
         help_text=_("For each of the four secrets, whether it is stored (the values are never returned).")
     )
+    secrets_readable = serializers.SerializerMethodField(
+        help_text=_("Whether the stored secrets decrypt with the configured keys; if not, they must be entered "
+                    "again.")
+    )
     callback_url = serializers.SerializerMethodField()
     status = serializers.SerializerMethodField(help_text=_('"ok", "attention" or "disabled".'))
     health = serializers.SerializerMethodField()
@@ -41,7 +46,7 @@ class SourceSerializer(serializers.ModelSerializer):
             "id", "name", "slug", "corp_id", "agent_id", "api_base_url", "enabled", "root_department_id",
             "fetch_strategy", "sync_interval_minutes", "removal_policy", "removal_threshold_count",
             "removal_threshold_percent", "login_enabled", "last_synced_at", "callback_url", "secrets_set",
-            "status", "health", "last_run", "running_run", "created_at", "updated_at",
+            "secrets_readable", "status", "health", "last_run", "running_run", "created_at", "updated_at",
         ]
         read_only_fields = fields
 
@@ -52,7 +57,12 @@ class SourceSerializer(serializers.ModelSerializer):
         return cache[obj.pk]
 
     def get_secrets_set(self, obj: SyncSource) -> dict[str, bool]:
-        return {name: bool(getattr(obj, name)) for name in SECRET_FIELDS}
+        # From the stored ciphertext: a source whose secrets cannot be decrypted still lists.
+        fields = {name: obj._meta.get_field(name) for name in SECRET_FIELDS}
+        return {name: isinstance(field, EncryptedTextField) and field.is_set(obj) for name, field in fields.items()}
+
+    def get_secrets_readable(self, obj: SyncSource) -> bool:
+        return obj.secrets_readable
 
     def get_callback_url(self, obj: SyncSource) -> str:
         return obj.get_callback_url(self.context.get("request"))

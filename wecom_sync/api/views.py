@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import events, services
+from ..audit import record_action
 from ..health import check_sources
 from ..models import CallbackEvent, SyncRun, SyncRunChange, SyncSource
 from . import serializers
@@ -80,6 +81,10 @@ class SourceViewSet(ReadOnlyApiViewSet):
             source, dry_run=body.validated_data["dry_run"], trigger=SyncRun.Trigger.API, requested_by=request.user
         )
         logger.info("wecom_sync.api.sync_started", extra={"run_id": run.pk, "source_id": source.pk})
+        if run.status != SyncRun.Status.FAILED:  # recorded as the admin records it, once the run is queued
+            message = (_("Started a dry run (run #%(run)s).") if run.kind == SyncRun.Kind.DRY_RUN
+                       else _("Started a sync (run #%(run)s).")) % {"run": run.pk}
+            record_action(request.user, source, message)
         data = serializers.RunSerializer(run, context=self.get_serializer_context()).data
         location = request.build_absolute_uri(reverse("wecom_sync:api-run-detail", kwargs={"pk": run.pk}))
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
@@ -129,24 +134,25 @@ class RunViewSet(ReadOnlyApiViewSet):
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(serializers.RunChangeSerializer(page, many=True).data)
 
-    def _decide(self, request: Request, decide: Any) -> Response:
+    def _decide(self, request: Request, decide: Any, message: str) -> Response:
         run = self.get_object()
         try:
             run = decide(run, user=request.user)
         except services.RunStateError as exc:
             raise Conflict(str(exc)) from exc
+        record_action(request.user, run, message)
         run = self.get_queryset().get(pk=run.pk)
         return Response(serializers.RunSerializer(run, context=self.get_serializer_context()).data)
 
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str | None = None) -> Response:
         """Apply the removals a held run is waiting for; 409 when the run is not held."""
-        return self._decide(request, services.approve_run)
+        return self._decide(request, services.approve_run, _("Approved the held removals."))
 
     @action(detail=True, methods=["post"])
     def reject(self, request: Request, pk: str | None = None) -> Response:
         """Close a held run as rejected, removing nobody; 409 when the run is not held."""
-        return self._decide(request, services.reject_run)
+        return self._decide(request, services.reject_run, _("Rejected the held removals."))
 
 
 class EventViewSet(ReadOnlyApiViewSet):
@@ -172,17 +178,19 @@ class EventViewSet(ReadOnlyApiViewSet):
         return choice_filter(queryset, self.request, "status", CallbackEvent.Status)
 
     def get_serializer_class(self) -> type:
-        if getattr(self, "action", None) == "list":
-            return serializers.EventSerializer
-        return serializers.EventDetailSerializer
+        if getattr(self, "action", None) == "retrieve":
+            return serializers.EventDetailSerializer
+        return serializers.EventSerializer
 
     @action(detail=True, methods=["post"])
     def reprocess(self, request: Request, pk: str | None = None) -> Response:
-        """Reset the event to pending and queue it again; 202 with the event."""
+        """Reset the event to pending and queue it again; 202 with the event, without its decrypted payload."""
         event = self.get_object()
         events.reprocess_events([event.pk])
+        record_action(request.user, event, _("Reprocessed."))
         event.refresh_from_db()
-        return Response(serializers.EventDetailSerializer(event).data, status=status.HTTP_202_ACCEPTED)
+        # run_sync alone may reprocess, not read: the payload (names, mobiles, emails) needs view_callbackevent.
+        return Response(serializers.EventSerializer(event).data, status=status.HTTP_202_ACCEPTED)
 
 
 class HealthView(APIView):

@@ -992,6 +992,9 @@ class Applier:
         deactivate: list[int] = []
         delete: list[int] = []
         kept = self.kept_active_elsewhere(users) if policy != SyncSource.RemovalPolicy.IGNORE else set()
+        # An account another source maps (even as removed) is shared: deleting it would destroy that mapping.
+        shared = set(ExternalUser.objects.filter(user_id__in=list(users)).exclude(source=self.source).values_list(
+            "user_id", flat=True)) if policy == SyncSource.RemovalPolicy.DELETE and users else set()
         for row in rows:
             user = users.get(row.user_pk) if row.user_pk else None
             ext = exts.get(row.pk)
@@ -1004,8 +1007,9 @@ class Applier:
                 self.change(batch, SyncRunChange.ObjectType.USER, row.userid, SyncRunChange.Action.SKIPPED,
                             name=name, error=_("Another source still lists this member: the account stays active."))
                 continue
-            # The sync deletes only accounts it created: a linked or manual account is deactivated instead.
+            # The sync deletes only accounts it created and alone maps: others are deactivated instead.
             owned = ext is None or ext.account_origin == ExternalUser.AccountOrigin.CREATED
+            owned = owned and row.user_pk not in shared
             row_action = action
             if policy == SyncSource.RemovalPolicy.DELETE and user is not None and not owned:
                 row_action = SyncRunChange.Action.DEACTIVATED

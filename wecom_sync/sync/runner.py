@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 from ..adapter import get_adapter
 from ..exceptions import WeComError
 from ..internal.secretbox import SecretDecryptionError
-from ..models import SECRETS_UNREADABLE_MESSAGE, SyncRun, SyncSource
+from ..models import SECRETS_UNREADABLE_MESSAGE, ExternalUser, SyncRun, SyncSource
 from ..signals import notify, sync_finished
 from ..snapshot import Snapshot
 from . import lock
@@ -223,6 +223,11 @@ def _plan_and_apply(
         is_active=adapter.is_active_for_status,
         readable=readable_departments(snapshot),
     )
+    if plan.user_removals and run.started_at is not None:
+        # WeCom confirmed these after the snapshot began (a sign-in provisioned them meanwhile): not proven gone.
+        fresh = set(ExternalUser.objects.filter(source=source, last_seen_at__gte=run.started_at).values_list(
+            "pk", flat=True))
+        plan.user_removals = [u for u in plan.user_removals if u.pk not in fresh]
     renames = 0
     if plan.user_removals and any(op.local is None for op in plan.user_ops):
         renames = detect_renames(plan, load_contacts(source, [u.key for u in plan.user_removals]), gone)
