@@ -6,10 +6,10 @@ import contextvars
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest
+
+from ..audit import record_action
 
 RUN_SYNC_PERMISSION = "wecom_sync.run_sync"
 
@@ -25,17 +25,7 @@ def can_run_sync(request: HttpRequest) -> bool:
 
 def log_action(request: HttpRequest, obj: Any, message: str) -> None:
     """Record an admin action on ``obj`` in the admin history (LogEntry), with the acting user."""
-    user = getattr(request, "user", None)
-    if user is None or not getattr(user, "pk", None):
-        return
-    if hasattr(LogEntry.objects, "log_actions"):  # Django 5.1+
-        LogEntry.objects.log_actions(user.pk, [obj], CHANGE, change_message=message, single_object=True)
-    else:
-        content_type = ContentType.objects.get_for_model(type(obj))
-        LogEntry.objects.log_action(  # type: ignore[attr-defined]  # Django < 5.1 (log_action is gone in 6.0)
-            user_id=user.pk, content_type_id=content_type.pk, object_id=obj.pk, object_repr=str(obj)[:200],
-            action_flag=CHANGE, change_message=message,
-        )
+    record_action(getattr(request, "user", None), obj, message)
 
 
 def object_or_404(model: Any, pk: Any) -> Any:
