@@ -21,7 +21,7 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 
 from .conf import app_settings, register_cache
-from .snapshot import RemoteUser
+from .sync.snapshot import RemoteUser
 
 if TYPE_CHECKING:
     from .models import SyncSource

@@ -31,7 +31,7 @@ from .adapter import get_adapter
 from .conf import app_settings
 from .exceptions import WeComAPIError, WeComError, WeComTransportError
 from .models import ExternalDepartment, ExternalUser, SyncRun, SyncSource
-from .snapshot import RemoteUser, normalize_userid
+from .sync.snapshot import RemoteUser, normalize_userid
 
 logger = logging.getLogger("wecom_sync.login")
 
@@ -142,7 +142,7 @@ def provision_member(source: SyncSource, userid: str) -> ExternalUser:
     """Fetch a member not mirrored yet with ``user/get`` and apply it as a sync would (raises LoginError)."""
     from .client import WeComClient
     from .events import _missing_departments
-    from .sync.apply import apply_remote_objects
+    from .sync.objects import apply_remote_objects
 
     with WeComClient.from_source(source) as client:
         try:

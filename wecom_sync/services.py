@@ -14,9 +14,11 @@ from django.utils.translation import gettext as _
 from .conf import app_settings
 from .models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from .signals import notify, sync_finished
-from .snapshot import normalize_userid
 from .sync import lock, runner
-from .sync.apply import Applier, chunks, load_local_state
+from .sync.applier import Applier
+from .sync.bulk import chunks
+from .sync.local import load_local_state
+from .sync.snapshot import normalize_userid
 
 logger = logging.getLogger(__name__)
 

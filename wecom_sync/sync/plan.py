@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from django.utils.translation import gettext as _
 
-from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
+from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
 #: (order, is_leader, is_main) of one membership.
 MembershipState = tuple[int, bool, bool]

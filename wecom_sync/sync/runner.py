@@ -17,10 +17,12 @@ from ..exceptions import WeComError
 from ..internal.secretbox import SecretDecryptionError
 from ..models import SECRETS_UNREADABLE_MESSAGE, SyncRun, SyncSource
 from ..signals import notify, sync_finished
-from ..snapshot import Snapshot
 from . import lock
-from .apply import Applier, iter_local_users, load_contacts, load_local_departments
+from .applier import Applier
+from .fetch import fetch_snapshot
+from .local import iter_local_users, load_contacts, load_local_departments
 from .plan import build_full_plan, detect_renames, exceeds_threshold
+from .snapshot import Snapshot
 from .tags import apply_tag_snapshot
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,6 @@ HEARTBEAT_EVERY = 2.0
 
 def fetch(source: SyncSource, progress: Callable[[int, int], None] | None = None) -> Snapshot:
     """Fetch the complete directory of ``source`` (the one place the engine talks to WeCom)."""
-    from ..client import fetch_snapshot
-
     return fetch_snapshot(source, progress=progress)
 
 

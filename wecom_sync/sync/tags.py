@@ -34,8 +34,8 @@ from ..callbacks import TAG_CHANGE_TYPES
 from ..conf import app_settings
 from ..exceptions import WeComAPIError
 from ..models import ExternalDepartment, ExternalMembership, ExternalTag, ExternalUser, SyncRun, SyncRunChange
-from ..snapshot import FetchProblem, RemoteTag, TagSnapshot, normalize_userid
-from .apply import CHANGE_COLUMNS, chunks, insert_rows
+from .bulk import CHANGE_COLUMNS, chunks, insert_rows
+from .snapshot import FetchProblem, RemoteTag, TagSnapshot, normalize_userid
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wecom_sync.snapshot import RemoteDepartment, RemoteUser
 from wecom_sync.sync.plan import (
     LocalDepartment,
     LocalState,
@@ -20,6 +19,7 @@ from wecom_sync.sync.plan import (
     local_parent_for,
     refine_user_action,
 )
+from wecom_sync.sync.snapshot import RemoteDepartment, RemoteUser
 
 
 def dept(id, parent=1, name=None, order=0, leaders=()):  # noqa: A002

@@ -1,0 +1,38 @@
+"""The Applier: every writer composed, applying one whole plan in order."""
+
+from __future__ import annotations
+
+from .bulk import chunks
+from .departments import DepartmentWriter
+from .plan import (
+    Plan,
+)
+from .removals import RemovalWriter
+
+
+class Applier(RemovalWriter, DepartmentWriter):
+    """Writes one plan (or one set of event objects) for one source into one run."""
+
+    def apply(self, plan: Plan, *, hold_removals: bool = False) -> None:
+        """Apply every operation of ``plan``; removals are recorded as pending when held."""
+        if not self.dept_pk:
+            self.load_departments()
+        self.total = (
+            len(plan.department_ops) + len(plan.user_ops) + len(plan.user_removals) + len(plan.department_removals)
+        )
+        self.apply_departments(plan.department_ops)
+        self.record_department_problems(plan.department_problems)
+        if self.mirror_groups and not self.dry_run:
+            self.ensure_groups()
+        updates = [op for op in plan.user_ops if op.local is not None]
+        creates = [op for op in plan.user_ops if op.local is None]
+        for batch in chunks(updates, self.batch_size):
+            self._guarded(batch, self._update_users, self._describe_op)
+            self.advance(len(batch))
+        for batch in chunks(creates, self.batch_size):
+            self._guarded(batch, self._create_users, self._describe_op)
+            self.advance(len(batch))
+        pending = hold_removals or self.dry_run
+        self.remove_users(plan.user_removals, pending=pending)
+        self.remove_departments(plan.department_removals, pending=pending)
+
