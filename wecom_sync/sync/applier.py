@@ -33,6 +33,6 @@ class Applier(RemovalWriter, DepartmentWriter):
             self._guarded(batch, self._create_users, self._describe_op)
             self.advance(len(batch))
         pending = hold_removals or self.dry_run
-        self.remove_users(plan.user_removals, pending=pending)
-        self.remove_departments(plan.department_removals, pending=pending)
+        self.remove_user_rows(plan.user_removals, pending=pending)
+        self.remove_department_rows(plan.department_removals, pending=pending)
 

@@ -16,6 +16,7 @@ from ..conf import app_settings
 from ..models import ExternalDepartment, SyncRun, SyncRunChange, SyncSource
 from ..signals import notify
 from .bulk import CHANGE_COLUMNS, insert_rows
+from .runlog import counter_key
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ class BatchWriter:
                 (not self.dry_run) if applied is None else applied, batch.now,
             )
         )
-        kind = "users" if object_type == SyncRunChange.ObjectType.USER else "departments"
-        batch.counters[f"{kind}_{action}"] += 1
+        batch.counters[counter_key(object_type, action)] += 1
 
     def _guarded(self, items: Sequence[T], work: Callable[[Sequence[T], _Batch], None],
                  describe: Callable[[T], tuple[str, str, str]]) -> None:

@@ -17,6 +17,7 @@ from .local import load_local_state
 from .plan import (
     build_plan,
 )
+from .runlog import counter_key
 from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
 
@@ -65,7 +66,7 @@ def remove_users(source: SyncSource, run: SyncRun, userids: Sequence[str]) -> di
     """Apply the source's removal policy to these users (no threshold: they were named one by one)."""
     applier = _event_applier(source, run)
     local = load_local_state(source, user_keys=[normalize_userid(u) for u in userids], with_memberships=False)
-    applier.remove_users([u for u in local.users.values() if not u.is_removed])
+    applier.remove_user_rows([u for u in local.users.values() if not u.is_removed])
     return dict(applier.counters)
 
 
@@ -75,7 +76,7 @@ def remove_departments(source: SyncSource, run: SyncRun, department_ids: Sequenc
     wanted = {int(d) for d in department_ids}
     local = load_local_state(source, user_keys=[], with_memberships=False)
     rows = [d for d in local.departments.values() if d.department_id in wanted and not d.is_removed]
-    applier.remove_departments(rows)
+    applier.remove_department_rows(rows)
     return dict(applier.counters)
 
 
@@ -98,7 +99,8 @@ def rename_user(source: SyncSource, run: SyncRun, old_userid: str, new_userid: s
                        % {"old": old_userid, "new": new_userid}, applied=False)
         applier._record_only(batch)
         if counters is not None:
-            counters["users_failed"] = counters.get("users_failed", 0) + 1
+            key = counter_key(SyncRunChange.ObjectType.USER, SyncRunChange.Action.FAILED)
+            counters[key] = counters.get(key, 0) + 1
         return False
     if ext.userid == new_userid:
         return True

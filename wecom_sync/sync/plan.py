@@ -141,21 +141,6 @@ class Plan:
     def is_empty(self) -> bool:
         return not (self.department_ops or self.department_removals or self.user_ops or self.user_removals)
 
-    def summary(self) -> dict[str, int]:
-        """Return counts per object type and action, in the run's counter format."""
-        out: dict[str, int] = {}
-        for op in self.department_ops:
-            out[f"departments_{op.action}"] = out.get(f"departments_{op.action}", 0) + 1
-        for op in self.user_ops:
-            out[f"users_{op.action}"] = out.get(f"users_{op.action}", 0) + 1
-        if self.department_removals:
-            out["departments_removed"] = len(self.department_removals)
-        if self.user_removals:
-            out["users_removed"] = len(self.user_removals)
-        out["departments_unchanged"] = self.unchanged_departments
-        out["users_unchanged"] = self.unchanged_users
-        return out
-
 
 def default_is_active(status: int) -> bool:
     """Status 1 (and 4) count as active; used when no adapter is given."""

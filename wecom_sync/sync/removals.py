@@ -28,7 +28,7 @@ REMOVAL_ACTIONS = {
 class RemovalWriter(UserWriter):
     """Applies the removal policy to users and departments gone from the directory."""
 
-    def remove_users(self, rows: Sequence[LocalUser], *, pending: bool = False) -> None:
+    def remove_user_rows(self, rows: Sequence[LocalUser], *, pending: bool = False) -> None:
         """Apply the source's removal policy to users gone from the directory (or record them as pending)."""
         action = REMOVAL_ACTIONS.get(self.source.removal_policy, SyncRunChange.Action.DEACTIVATED)
         for batch_rows in chunks(list(rows), self.batch_size):
@@ -39,14 +39,14 @@ class RemovalWriter(UserWriter):
                 batch.counters = Counter({"pending_removals": len(batch_rows)})
                 self._record_only(batch)
             else:
-                self._guarded(batch_rows, self._remove_users, self._describe_local_user)
+                self._guarded(batch_rows, self._remove_user_batch, self._describe_local_user)
             self.advance(len(batch_rows))
 
     @staticmethod
     def _describe_local_user(row: LocalUser) -> tuple[str, str, str]:
         return SyncRunChange.ObjectType.USER, row.userid, ""
 
-    def _remove_users(self, rows: Sequence[LocalUser], batch: _Batch) -> None:
+    def _remove_user_batch(self, rows: Sequence[LocalUser], batch: _Batch) -> None:
         policy = self.source.removal_policy
         action = REMOVAL_ACTIONS.get(policy, SyncRunChange.Action.DEACTIVATED)
         user_pks = [r.user_pk for r in rows if r.user_pk]
@@ -98,7 +98,7 @@ class RemovalWriter(UserWriter):
         if delete:
             self.user_model._default_manager.filter(pk__in=delete).delete()
 
-    def remove_departments(self, rows: Sequence[LocalDepartment], *, pending: bool = False) -> None:
+    def remove_department_rows(self, rows: Sequence[LocalDepartment], *, pending: bool = False) -> None:
         """Mark departments gone from the directory as removed and drop their memberships (users stay)."""
         if not rows:
             return
@@ -111,11 +111,11 @@ class RemovalWriter(UserWriter):
             self.advance(len(rows))
             return
         for batch_rows in chunks(list(rows), self.batch_size):
-            self._guarded(batch_rows, self._remove_departments,
+            self._guarded(batch_rows, self._remove_department_batch,
                           lambda r: (SyncRunChange.ObjectType.DEPARTMENT, str(r.department_id), r.name))
             self.advance(len(batch_rows))
 
-    def _remove_departments(self, rows: Sequence[LocalDepartment], batch: _Batch) -> None:
+    def _remove_department_batch(self, rows: Sequence[LocalDepartment], batch: _Batch) -> None:
         for row in rows:
             self.change(batch, SyncRunChange.ObjectType.DEPARTMENT, row.department_id, SyncRunChange.Action.REMOVED,
                         name=row.name)

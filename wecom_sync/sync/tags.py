@@ -35,6 +35,7 @@ from ..conf import app_settings
 from ..exceptions import WeComAPIError
 from ..models import ExternalDepartment, ExternalMembership, ExternalTag, ExternalUser, SyncRun, SyncRunChange
 from .bulk import CHANGE_COLUMNS, chunks, insert_rows
+from .runlog import UNCHANGED, counter_key
 from .snapshot import FetchProblem, RemoteTag, TagSnapshot, normalize_userid
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class _TagWriter:
         applied = not self.dry_run and action != Action.FAILED
         self.changes.append((self.run.pk, SyncRunChange.ObjectType.TAG, str(tag_id), name[:255], action,
                              dict(fields or {}), error, applied, timezone.now()))
-        self.counters[f"tags_{action}"] += 1
+        self.counters[counter_key(SyncRunChange.ObjectType.TAG, action)] += 1
 
     def flush(self) -> None:
         """Write the recorded changes."""
@@ -151,7 +152,7 @@ class _TagWriter:
         if depts != old_depts:
             fields["departments"] = {"added": len(depts - old_depts), "removed": len(old_depts - depts)}
         if local is not None and not local.is_removed and not fields and local.digest == remote.digest:
-            self.counters["tags_unchanged"] += 1
+            self.counters[counter_key(SyncRunChange.ObjectType.TAG, UNCHANGED)] += 1
             return
         if self.dry_run:
             self.change(remote.id, action, remote.name, fields)
@@ -330,7 +331,7 @@ def refresh_after_events(source: Any, run: SyncRun, kind: str, events: Iterable[
         writer.apply(remote, tag, (users[tag.pk], depts[tag.pk]))
     writer.flush()
     counters = Counter(writer.counters)
-    counters.pop("tags_unchanged", None)
+    counters.pop(counter_key(SyncRunChange.ObjectType.TAG, UNCHANGED), None)
     affected |= writer.touched
     if app_settings.MIRROR_TAGS and affected:
         counters.update(sync_tag_groups(source, [t for t in tags if t.pk in affected]))
