@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import models, transaction
@@ -18,11 +19,29 @@ from .bulk import EXT_USER_FIELDS, MEMBERSHIP_COLUMNS, chunks, insert_instances,
 from .groups import GroupWriter
 from .plan import (
     PLACEMENT_KEYS,
+    LocalUser,
     UserOp,
     diff_fields,
     refine_user_action,
 )
 from .snapshot import RemoteUser
+
+
+@dataclass
+class _UserUpdates:
+    """What one batch of member updates has read, and stages to write once every member is decided."""
+
+    found: dict[str, ExternalUser]  # member key -> mirror row
+    users: dict[Any, Any]  # Django user pk -> user
+    kept: set[Any]  # Django users kept active by another mapping
+    orphan_keys: set[str]  # members whose Django user is gone: provisioned anew
+    provisioned: dict[str, tuple[Any, bool] | Exception]
+    ext_updates: list[ExternalUser] = field(default_factory=list)
+    user_updates: list[tuple[Any, set[str]]] = field(default_factory=list)
+    adds: list[tuple] = field(default_factory=list)
+    removes: Q = field(default_factory=Q)
+    group_add: list[tuple[Any, Any]] = field(default_factory=list)
+    group_remove: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 class UserWriter(GroupWriter):
@@ -232,117 +251,148 @@ class UserWriter(GroupWriter):
             self._groups_add(group_add)
 
     def _update_users(self, ops: Sequence[UserOp], batch: _Batch) -> None:
+        work = self._prepare_updates(ops, batch)
+        for op in ops:
+            self._update_user(op, work, batch)
+        if not self.dry_run:
+            self._write_updates(work)
+
+    def _prepare_updates(self, ops: Sequence[UserOp], batch: _Batch) -> _UserUpdates:
+        """Read the batch's mirror rows and Django users; provision the members whose account is gone."""
+        pks = [op.local.pk for op in ops if op.local is not None]
         ext_rows = {
             e.pk: e
-            for e in ExternalUser.objects.filter(pk__in=[op.local.pk for op in ops]).only(
+            for e in ExternalUser.objects.filter(pk__in=pks).only(
                 "pk", "userid", "userid_key", "raw", "user_id", "name", "status", "is_removed", "source_id",
                 "account_origin",
             )
         }
+        found = {op.key: ext_rows[op.local.pk] for op in ops if op.local is not None and op.local.pk in ext_rows}
         users = {}
         if not self.dry_run:
             user_ids = [e.user_id for e in ext_rows.values() if e.user_id]
             users = {u.pk: u for u in self.user_model._default_manager.filter(pk__in=user_ids)}
         kept = self.kept_active_elsewhere(
-            ext_rows[op.local.pk].user_id for op in ops
-            if op.local.pk in ext_rows and not self.adapter.is_active_for_status(op.remote.status)
+            found[op.key].user_id for op in ops
+            if op.key in found and not self.adapter.is_active_for_status(op.remote.status)
         ) if not self.dry_run else set()
-        orphans = [op for op in ops if op.local.pk in ext_rows and ext_rows[op.local.pk].user_id is None]
-        orphan_keys = {op.key for op in orphans}
+        orphans = [op for op in ops if op.key in found and found[op.key].user_id is None]
         provisioned = self._provision([op.remote for op in orphans], batch) if orphans else {}
-        ext_updates: list[ExternalUser] = []
-        user_updates: list[tuple[Any, set[str]]] = []
-        adds: list[tuple] = []
-        removes = Q()
-        group_add: list[tuple[int, int]] = []
-        group_remove: list[tuple[int, int]] = []
-        for op in ops:
-            ext = ext_rows.get(op.local.pk)
-            if ext is None:
-                self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.FAILED,
-                            name=op.remote.name, error=_("The local record disappeared during the run."),
-                            applied=False)
-                continue
-            fields = diff_fields(ext.raw or {}, op.remote.raw) if op.content_changed else {}
-            if op.renamed_from is not None or ext.userid != op.remote.userid:
-                fields["userid"] = [ext.userid, op.remote.userid]
-            if (op.kept and not op.memberships_changed and op.action == "updated" and set(fields) <= PLACEMENT_KEYS
-                    and ext.user_id is not None):
-                # A partial fetch saw only some of the member's departments: nothing of theirs changed.
-                continue
-            action = refine_user_action(op.action, fields)
-            if op.memberships_changed:
-                fields["memberships"] = {"added": list(op.added), "removed": list(op.removed),
-                                         "changed": list(op.changed)}
-            django_fields: set[str] = set()
-            if op.key in orphan_keys:
-                # The Django user was deleted (removal policy "delete") or unlinked: provision a new one.
-                result = provisioned.get(op.key)
-                if not isinstance(result, tuple):
-                    message = result.message if isinstance(result, LinkError) else str(result)
-                    refused = isinstance(result, LinkRefused)
-                    self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid,
-                                SyncRunChange.Action.SKIPPED if refused else SyncRunChange.Action.FAILED,
-                                name=op.remote.name, error=_short(message, 2000), applied=False)
-                    continue
-                user = result[0]
-                fields["username"] = [None, getattr(user, self.user_model.USERNAME_FIELD, "")]
-            else:
-                user = users.get(ext.user_id) if ext.user_id else None
-                if user is not None:
-                    if op.content_changed or op.local.is_removed:
-                        django_fields = self._populate(user, op.remote, ext.account_origin)
-                    django_fields |= self._set_active(user, op.remote, kept)
-                    if django_fields:
-                        user_updates.append((user, django_fields))
-                    if action == SyncRunChange.Action.DEACTIVATED and user.is_active:
-                        # The adapter kept the account active (a superuser): the mirror is updated, the
-                        # Django user is not deactivated, and no deactivation is reported.
-                        action = SyncRunChange.Action.UPDATED
-            self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, action, name=op.remote.name,
-                        fields=fields)
-            if self.dry_run:
-                continue
-            relink = op.key in orphan_keys
-            if op.content_changed or op.local.is_removed or relink:
-                ext.userid = op.remote.userid
-                ext.userid_key = op.key
-                ext.name = op.remote.name[:255]
-                ext.status = op.remote.status
-                ext.raw = dict(op.remote.raw)
-                ext.digest = op.digest
-                ext.is_removed = False
-                ext.removed_at = None
-                ext.updated_at = ext.last_seen_at = timezone.now()
-                if relink:
-                    ext.user_id = user.pk
-                    ext.account_origin = (ExternalUser.AccountOrigin.CREATED if provisioned[op.key][1]
-                                          else ExternalUser.AccountOrigin.LINKED)
-                ext_updates.append(ext)
-            user_pk = user.pk if user is not None else None
-            if op.local.is_removed:
-                # a member who comes back gets every membership again (removal deleted them)
-                removes |= Q(user_id=ext.pk)
-                self._write_memberships(ext.pk, op, adds, Q(), group_add, [], user_pk, all_added=True)
-            else:
-                removes = self._write_memberships(ext.pk, op, adds, removes, group_add, group_remove, user_pk)
-            if action == SyncRunChange.Action.DEACTIVATED and user is not None:
-                batch.signals.append((user_deactivated, {"user": user, "external_user": ext}))
-            elif action == SyncRunChange.Action.REACTIVATED and user is not None:
-                batch.signals.append((user_reactivated, {"user": user, "external_user": ext}))
-            elif django_fields and user is not None:
-                batch.signals.append((user_updated, {"user": user, "external_user": ext}))
+        return _UserUpdates(found, users, kept, {op.key for op in orphans}, provisioned)
+
+    def _update_user(self, op: UserOp, work: _UserUpdates, batch: _Batch) -> None:
+        """Decide one member's update: record its change and stage its writes in ``work``."""
+        ext = work.found.get(op.key)
+        if ext is None or op.local is None:
+            self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.FAILED,
+                        name=op.remote.name, error=_("The local record disappeared during the run."),
+                        applied=False)
+            return
+        fields = diff_fields(ext.raw or {}, op.remote.raw) if op.content_changed else {}
+        if op.renamed_from is not None or ext.userid != op.remote.userid:
+            fields["userid"] = [ext.userid, op.remote.userid]
+        if (op.kept and not op.memberships_changed and op.action == "updated" and set(fields) <= PLACEMENT_KEYS
+                and ext.user_id is not None):
+            # A partial fetch saw only some of the member's departments: nothing of theirs changed.
+            return
+        action = refine_user_action(op.action, fields)
+        if op.memberships_changed:
+            fields["memberships"] = {"added": list(op.added), "removed": list(op.removed),
+                                     "changed": list(op.changed)}
+        resolved = self._updated_django_user(op, op.local, ext, work, batch, fields, action)
+        if resolved is None:
+            return
+        user, django_fields, action = resolved
+        self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, action, name=op.remote.name,
+                    fields=fields)
         if self.dry_run:
             return
-        if ext_updates:
-            fields_to_save = EXT_USER_FIELDS + (["user", "account_origin"] if orphan_keys else [])
-            ExternalUser.objects.bulk_update(ext_updates, fields_to_save)
-        self._save_users(user_updates)
-        if removes:
-            ExternalMembership.objects.filter(removes).delete()
-        if adds:
-            insert_rows(ExternalMembership, MEMBERSHIP_COLUMNS, adds)
+        self._stage_external_user(op, op.local, ext, work, user)
+        self._stage_memberships(op, op.local, ext, work, user)
+        if action == SyncRunChange.Action.DEACTIVATED and user is not None:
+            batch.signals.append((user_deactivated, {"user": user, "external_user": ext}))
+        elif action == SyncRunChange.Action.REACTIVATED and user is not None:
+            batch.signals.append((user_reactivated, {"user": user, "external_user": ext}))
+        elif django_fields and user is not None:
+            batch.signals.append((user_updated, {"user": user, "external_user": ext}))
+
+    def _updated_django_user(
+        self, op: UserOp, local: LocalUser, ext: ExternalUser, work: _UserUpdates, batch: _Batch,
+        fields: dict[str, Any], action: str,
+    ) -> tuple[Any, set[str], str] | None:
+        """Return the member's Django user (updated, or provisioned anew), its changed fields and the final
+        action; None when a new account could not be provisioned (recorded as a change)."""
+        if op.key in work.orphan_keys:
+            # The Django user was deleted (removal policy "delete") or unlinked: provision a new one.
+            result = work.provisioned.get(op.key)
+            if not isinstance(result, tuple):
+                message = result.message if isinstance(result, LinkError) else str(result)
+                refused = isinstance(result, LinkRefused)
+                self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid,
+                            SyncRunChange.Action.SKIPPED if refused else SyncRunChange.Action.FAILED,
+                            name=op.remote.name, error=_short(message, 2000), applied=False)
+                return None
+            user = result[0]
+            fields["username"] = [None, getattr(user, self.user_model.USERNAME_FIELD, "")]
+            return user, set(), action
+        django_fields: set[str] = set()
+        user = work.users.get(ext.user_id) if ext.user_id else None
+        if user is not None:
+            if op.content_changed or local.is_removed:
+                django_fields = self._populate(user, op.remote, ext.account_origin)
+            django_fields |= self._set_active(user, op.remote, work.kept)
+            if django_fields:
+                work.user_updates.append((user, django_fields))
+            if action == SyncRunChange.Action.DEACTIVATED and user.is_active:
+                # The adapter kept the account active (a superuser): the mirror is updated, the
+                # Django user is not deactivated, and no deactivation is reported.
+                action = SyncRunChange.Action.UPDATED
+        return user, django_fields, action
+
+    def _stage_external_user(self, op: UserOp, local: LocalUser, ext: ExternalUser, work: _UserUpdates,
+                             user: Any) -> None:
+        """Copy the remote member onto its mirror row (and its new account, when relinked)."""
+        relink = op.key in work.orphan_keys
+        if not (op.content_changed or local.is_removed or relink):
+            return
+        ext.userid = op.remote.userid
+        ext.userid_key = op.key
+        ext.name = op.remote.name[:255]
+        ext.status = op.remote.status
+        ext.raw = dict(op.remote.raw)
+        ext.digest = op.digest
+        ext.is_removed = False
+        ext.removed_at = None
+        ext.updated_at = ext.last_seen_at = timezone.now()
+        if relink:
+            provisioned = work.provisioned[op.key]
+            created = isinstance(provisioned, tuple) and provisioned[1]
+            ext.user_id = user.pk
+            ext.account_origin = ExternalUser.AccountOrigin.CREATED if created else ExternalUser.AccountOrigin.LINKED
+        work.ext_updates.append(ext)
+
+    def _stage_memberships(self, op: UserOp, local: LocalUser, ext: ExternalUser, work: _UserUpdates,
+                           user: Any) -> None:
+        user_pk = user.pk if user is not None else None
+        if local.is_removed:
+            # a member who comes back gets every membership again (removal deleted them)
+            work.removes |= Q(user_id=ext.pk)
+            self._write_memberships(ext.pk, op, work.adds, Q(), work.group_add, [], user_pk, all_added=True)
+        else:
+            work.removes = self._write_memberships(ext.pk, op, work.adds, work.removes, work.group_add,
+                                                   work.group_remove, user_pk)
+
+    def _write_updates(self, work: _UserUpdates) -> None:
+        """Write what a batch of updates staged: mirror rows, Django users, memberships, groups."""
+        if work.ext_updates:
+            fields_to_save = EXT_USER_FIELDS + (["user", "account_origin"] if work.orphan_keys else [])
+            ExternalUser.objects.bulk_update(work.ext_updates, fields_to_save)
+        self._save_users(work.user_updates)
+        if work.removes:
+            ExternalMembership.objects.filter(work.removes).delete()
+        if work.adds:
+            insert_rows(ExternalMembership, MEMBERSHIP_COLUMNS, work.adds)
         if self.mirror_groups:
-            self._groups_remove(group_remove)
-            self._groups_add(group_add)
+            self._groups_remove(work.group_remove)
+            self._groups_add(work.group_add)
 
