@@ -138,6 +138,62 @@ def _transport_error(message: str, *, retryable: bool, status_code: int | None =
     return error
 
 
+def _read_limited(response: requests.Response, limit: int) -> tuple[int, bytes]:
+    """Read an answer of at most ``limit`` bytes (one chunk more when it is longer); return its declared size."""
+    try:
+        declared = int(response.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    received: list[bytes] = []
+    size = 0
+    if declared <= limit:
+        for chunk in response.iter_content(64 * 1024):
+            received.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    response.close()
+    return declared, b"".join(received)
+
+
+def _decode_answer(
+    api: str, response: requests.Response, declared: int, content: bytes, limit: int
+) -> dict[str, Any]:
+    """Return the JSON object WeCom answered, or raise a transport error (too large, redirect, HTTP error)."""
+    status = response.status_code
+    if declared > limit or len(content) > limit:
+        raise _transport_error(
+            _("WeCom's answer to %(api)s is larger than %(limit)d bytes; it was refused.")
+            % {"api": api, "limit": limit},
+            retryable=False,
+            status_code=status,
+        )
+    if 300 <= status < 400:
+        raise _transport_error(
+            _("WeCom answered %(api)s with a redirect (HTTP %(status)s); redirects are not followed.")
+            % {"api": api, "status": status},
+            retryable=False,
+            status_code=status,
+        )
+    if status != 200:
+        raise _transport_error(
+            _("WeCom answered HTTP %(status)s for %(api)s.") % {"status": status, "api": api},
+            retryable=status >= 500 or status == 429,
+            status_code=status,
+        )
+    try:
+        data = jsonlib.loads(content.decode(response.encoding or "utf-8", "replace"))
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise _transport_error(
+            _("WeCom answered %(api)s with something that is not a JSON object.") % {"api": api},
+            retryable=True,
+            status_code=status,
+        )
+    return data
+
+
 class WeComClient:
     """A client of one WeCom credential (corp id + secret): token cache, retries and typed errors."""
 
@@ -287,20 +343,7 @@ class WeComClient:
             # No redirects: a redirect would carry the secret or the token to wherever it points.
             response = self.session.request(method, url, params=query, json=body, timeout=self.timeout,
                                             allow_redirects=False, stream=True)
-            try:
-                declared = int(response.headers.get("Content-Length") or 0)
-            except ValueError:
-                declared = 0
-            received: list[bytes] = []
-            size = 0
-            if declared <= limit:
-                for chunk in response.iter_content(64 * 1024):
-                    received.append(chunk)
-                    size += len(chunk)
-                    if size > limit:
-                        break
-            content = b"".join(received)
-            response.close()
+            declared, content = _read_limited(response, limit)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _transport_error(
                 _("WeCom could not be reached for %(api)s at %(host)s (%(error)s).")
@@ -312,38 +355,7 @@ class WeComClient:
                 _("The request to WeCom for %(api)s failed (%(error)s).") % {"api": api, "error": type(exc).__name__},
                 retryable=False,
             ) from None
-        status = response.status_code
-        if declared > limit or len(content) > limit:
-            raise _transport_error(
-                _("WeCom's answer to %(api)s is larger than %(limit)d bytes; it was refused.")
-                % {"api": api, "limit": limit},
-                retryable=False,
-                status_code=status,
-            )
-        if 300 <= status < 400:
-            raise _transport_error(
-                _("WeCom answered %(api)s with a redirect (HTTP %(status)s); redirects are not followed.")
-                % {"api": api, "status": status},
-                retryable=False,
-                status_code=status,
-            )
-        if status != 200:
-            raise _transport_error(
-                _("WeCom answered HTTP %(status)s for %(api)s.") % {"status": status, "api": api},
-                retryable=status >= 500 or status == 429,
-                status_code=status,
-            )
-        try:
-            data = jsonlib.loads(content.decode(response.encoding or "utf-8", "replace"))
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise _transport_error(
-                _("WeCom answered %(api)s with something that is not a JSON object.") % {"api": api},
-                retryable=True,
-                status_code=status,
-            )
-        return data
+        return _decode_answer(api, response, declared, content, limit)
 
     def call(self, method: str, api: str, *, params: dict[str, Any] | None = None, json: Any = None) -> dict[str, Any]:
         """Call an API (e.g. "user/get") with the access token; return the JSON answer when errcode is 0."""

@@ -113,9 +113,11 @@ class _Fetch:
             detail.get_access_token()
         simple = ids_client.simplelist_departments(self.root)
         subtree = [int(item["id"]) for item in simple]
-        in_scope = set(subtree)
+        self._department_details(detail, subtree)
+        self._members(ids_client, detail, subtree)
 
-        # Department details: one department/list call, then department/get for any it did not return.
+    def _department_details(self, detail: WeComClient, subtree: list[int]) -> None:
+        """One department/list call, then department/get for any department it did not return."""
         try:
             listed = {int(item["id"]): item for item in detail.list_departments(self.root)}
         except WeComError as exc:  # e.g. outside the app's scope: department/get per id says which
@@ -133,8 +135,10 @@ class _Fetch:
             if dept_id in listed:
                 self.snapshot.departments[dept_id] = RemoteDepartment.from_api(listed[dept_id])
 
-        # Members: user/list_id says who is there; user/list per department gives the details in bulk,
-        # and user/get fills in anyone the lists did not return.
+    def _members(self, ids_client: WeComClient, detail: WeComClient, subtree: list[int]) -> None:
+        """user/list_id says who is there; user/list per department gives the details in bulk, and user/get
+        fills in anyone the lists did not return."""
+        in_scope = set(subtree)
         expected: dict[str, str] | None
         try:
             rows = ids_client.list_user_ids()
