@@ -266,8 +266,8 @@ class DefaultWeComAdapter:
         )
         for remote in remotes:
             candidates: set[int] = set()
-            for key, values in per_remote[remote.key].items():
-                for value in values:
+            for key, remote_values in per_remote[remote.key].items():
+                for value in remote_values:
                     value = value.strip().lower() if key in ("email", "username") else value
                     candidates |= found.get(key, {}).get(value, set())
             candidates -= taken

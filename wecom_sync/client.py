@@ -315,9 +315,10 @@ class WeComClient:
         # Refresh `margin` seconds early, but never spend more than half of a short lifetime in the margin.
         lifetime = expires_in - margin if expires_in > 2 * margin else expires_in / 2
         now = time.time()
-        entry = {"token": token, "expires_at": now + expires_in, "refresh_at": now + lifetime}
+        refresh_at = now + lifetime
+        entry = {"token": token, "expires_at": now + expires_in, "refresh_at": refresh_at}
         self._cache.set(self._token_key, entry, timeout=max(1, int(lifetime)))
-        self._token = (token, entry["refresh_at"])
+        self._token = (token, refresh_at)
         logger.info("wecom_sync.client.token_fetched", extra={"corp_id": self.corp_id, "expires_in": expires_in})
         return token
 

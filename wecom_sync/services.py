@@ -310,7 +310,7 @@ def due_sources(now: Any = None) -> list[SyncSource]:
     sources = SyncSource.objects.filter(enabled=True, sync_interval_minutes__gt=0).annotate(
         last_run=Max("runs__created_at", filter=Q(runs__kind=SyncRun.Kind.FULL))
     )
-    due = []
+    due: list[SyncSource] = []
     busy = set(
         SyncRun.objects.filter(
             status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING], kind=SyncRun.Kind.FULL

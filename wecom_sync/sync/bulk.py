@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models, router
@@ -71,7 +71,7 @@ def insert_rows(model: type[models.Model], field_names: Sequence[str], rows: Seq
     if not rows:
         return
     connection = connections[router.db_for_write(model)]
-    _execute_insert(connection, model, [model._meta.get_field(name) for name in field_names], rows)
+    _execute_insert(connection, model, [cast(models.Field, model._meta.get_field(name)) for name in field_names], rows)
 
 
 #: Field types (exact: a subclass may adapt its values) whose Python value is what the driver takes.
@@ -142,10 +142,10 @@ def insert_instances(
     for value, pk in model._default_manager.using(connection.alias).filter(
         **(scope or {}), **{f"{key}__in": list(by_key)}
     ).values_list(key, "pk"):
-        obj = by_key.get(value)
-        if obj is not None:
-            obj.pk = pk
-            obj._state.adding = False
-            obj._state.db = connection.alias
+        found = by_key.get(value)
+        if found is not None:
+            found.pk = pk
+            found._state.adding = False
+            found._state.db = connection.alias
 
 

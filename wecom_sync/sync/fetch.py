@@ -168,11 +168,11 @@ class _Fetch:
             return
         unfetched = [userid for key, userid in expected.items() if key not in self.snapshot.users]
         self.plan(len(unfetched))
-        for userid, result in self.parallel(detail.get_user, unfetched):
-            if isinstance(result, WeComError):
-                self.problem(f"user:{userid}", result)
+        for userid, member in self.parallel(detail.get_user, unfetched):
+            if isinstance(member, WeComError):
+                self.problem(f"user:{userid}", member)
             else:
-                self.add_users([result])
+                self.add_users([member])
 
     # -- tags ---------------------------------------------------------------------------------------
     def tags(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -62,22 +63,22 @@ class GroupWriter(BatchWriter):
             ).values_list("user__user_id", "department_id")
             self._groups_add([(uid, self.dept_group[dpk]) for uid, dpk in pairs if self.dept_group.get(dpk)])
 
-    def _groups_add(self, pairs: Iterable[tuple[int, int]]) -> None:
-        pairs = {(u, g) for u, g in pairs if u and g}
-        if not pairs or self.group_through is None:
+    def _groups_add(self, pairs: Iterable[tuple[Any, int | None]]) -> None:
+        wanted = {(u, g) for u, g in pairs if u and g}
+        if not wanted or self.group_through is None:
             return
         src, dst = f"{self.group_src}_id", f"{self.group_dst}_id"
         self.group_through.objects.bulk_create(
-            [self.group_through(**{src: u, dst: g}) for u, g in sorted(pairs)], ignore_conflicts=True
+            [self.group_through(**{src: u, dst: g}) for u, g in sorted(wanted)], ignore_conflicts=True
         )
 
-    def _groups_remove(self, pairs: Iterable[tuple[int, int]]) -> None:
-        pairs = {(u, g) for u, g in pairs if u and g}
-        if not pairs or self.group_through is None:
+    def _groups_remove(self, pairs: Iterable[tuple[Any, int | None]]) -> None:
+        gone: set[tuple[Any, int]] = {(u, g) for u, g in pairs if u and g}
+        if not gone or self.group_through is None:
             return
         query = Q()
         by_group: dict[int, list[int]] = {}
-        for u, g in pairs:
+        for u, g in gone:
             by_group.setdefault(g, []).append(u)
         for g, users in by_group.items():
             query |= Q(**{f"{self.group_dst}_id": g, f"{self.group_src}_id__in": users})

@@ -81,7 +81,8 @@ def iter_local_users(source: SyncSource, departments: LocalState, size: int = 10
 
 def _read_memberships(state: LocalState, memberships: Any, pk_to_dept: Mapping[int, int]) -> None:
     pk_to_key = {u.pk: u.key for u in state.users.values()}
-    current_pk, items = None, []
+    current_pk: Any = None
+    items: list[tuple] = []
     for user_pk, dept_pk, order, leader, main in _stream(
         memberships.order_by("user_id").values_list("user_id", "department_id", "order", "is_leader", "is_main")
     ):

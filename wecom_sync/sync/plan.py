@@ -7,6 +7,7 @@ keyed by WeCom ids (department ids, normalised userids); the apply layer maps th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -81,7 +82,7 @@ class DepartmentOp:
     remote: RemoteDepartment
     local: LocalDepartment | None
     parent_id: int | None  # WeCom id of the desired local parent
-    fields: dict[str, list[Any]]
+    fields: dict[str, Any]  # field -> [old, new]
 
 
 @dataclass(slots=True)
@@ -292,7 +293,9 @@ def plan_departments(
     return ops, unchanged
 
 
-def desired_memberships(remote: RemoteUser, universe: set[int] | Mapping[int, Any]) -> dict[int, MembershipState]:
+def desired_memberships(
+    remote: RemoteUser, universe: AbstractSet[int] | Mapping[int, Any]
+) -> dict[int, MembershipState]:
     """The memberships a remote user should have among the synced departments."""
     return {
         dept: (order, leader, main)
@@ -327,9 +330,10 @@ def plan_users(
             continue
         content_changed = row.digest != digest or row.userid != user.userid
         kept: tuple[int, ...] = ()
-        if local_memberships.get(key, ()) == as_rows(wanted):
-            added = removed = changed = ()
-        else:
+        added: tuple[int, ...] = ()
+        removed: tuple[int, ...] = ()
+        changed: tuple[int, ...] = ()
+        if local_memberships.get(key, ()) != as_rows(wanted):
             current = local.memberships_of(key)
             added = tuple(sorted(set(wanted) - set(current)))
             removed = tuple(sorted(set(current) - set(wanted)))

@@ -18,7 +18,7 @@ from .plan import (
 )
 from .users import UserWriter
 
-REMOVAL_ACTIONS = {
+REMOVAL_ACTIONS: dict[str, str] = {
     SyncSource.RemovalPolicy.DEACTIVATE: SyncRunChange.Action.DEACTIVATED,
     SyncSource.RemovalPolicy.DELETE: SyncRunChange.Action.DELETED,
     SyncSource.RemovalPolicy.IGNORE: SyncRunChange.Action.REMOVED,

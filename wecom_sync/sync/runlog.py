@@ -15,7 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from ..models import SyncRun, SyncRunChange
 
 #: The prefix of the counters of each kind of object ("users_created", "departments_failed", "tags_updated").
-COUNTER_PREFIXES = {
+COUNTER_PREFIXES: dict[str, str] = {
     SyncRunChange.ObjectType.USER: "users",
     SyncRunChange.ObjectType.DEPARTMENT: "departments",
     SyncRunChange.ObjectType.TAG: "tags",

@@ -104,9 +104,9 @@ class _TagWriter:
             self.user_pk.update(ExternalUser.objects.filter(
                 source=self.source, is_removed=False, userid_key__in=part).values_list("userid_key", "pk"))
         ids = sorted({d for t in tags for d in t.department_ids} - set(self.dept_pk))
-        for part in chunks(ids, _IN_CHUNK):
+        for id_part in chunks(ids, _IN_CHUNK):
             self.dept_pk.update(ExternalDepartment.objects.filter(
-                source=self.source, is_removed=False, department_id__in=part).values_list("department_id", "pk"))
+                source=self.source, is_removed=False, department_id__in=id_part).values_list("department_id", "pk"))
 
     def change(self, tag_id: int, action: str, name: str, fields: dict[str, Any] | None = None,
                error: str = "") -> None:

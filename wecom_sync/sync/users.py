@@ -288,7 +288,7 @@ class UserWriter(GroupWriter):
                         name=op.remote.name, error=_("The local record disappeared during the run."),
                         applied=False)
             return
-        fields = diff_fields(ext.raw or {}, op.remote.raw) if op.content_changed else {}
+        fields: dict[str, Any] = diff_fields(ext.raw or {}, op.remote.raw) if op.content_changed else {}
         if op.renamed_from is not None or ext.userid != op.remote.userid:
             fields["userid"] = [ext.userid, op.remote.userid]
         if (op.kept and not op.memberships_changed and op.action == "updated" and set(fields) <= PLACEMENT_KEYS

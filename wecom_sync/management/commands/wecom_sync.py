@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -103,11 +104,12 @@ class Command(BaseCommand):
 
     def print_summary(self, run: SyncRun) -> None:
         """Print a table of the run's counters and its message."""
-        style = {
+        styles: dict[str, Callable[[str], str]] = {
             SyncRun.Status.SUCCEEDED: self.style.SUCCESS,
             SyncRun.Status.PARTIAL: self.style.WARNING,
             SyncRun.Status.HELD: self.style.WARNING,
-        }.get(run.status, self.style.ERROR)
+        }
+        style = styles.get(str(run.status), self.style.ERROR)
         duration = run.duration.total_seconds() if run.duration else 0.0
         self.stdout.write(style(
             _("%(source)s: run #%(id)s %(kind)s %(status)s in %(seconds).1fs") % {
