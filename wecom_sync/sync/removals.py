@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -86,13 +87,8 @@ class RemovalWriter(UserWriter):
         now = timezone.now()
         ext_pks = [r.pk for r in rows]
         ExternalUser.objects.filter(pk__in=ext_pks).update(is_removed=True, removed_at=now, updated_at=now)
-        memberships = ExternalMembership.objects.filter(user_id__in=ext_pks)
-        if self.mirror_groups or any(self.dept_group.values()):
-            self._groups_remove(
-                (user_pk, self.dept_group.get(dept_pk))
-                for user_pk, dept_pk in memberships.values_list("user__user_id", "department_id")
-            )
-        memberships.delete()
+        self._drop_memberships(ExternalMembership.objects.filter(user_id__in=ext_pks),
+                               ungroup=self.mirror_groups or any(self.dept_group.values()))
         if deactivate:
             self.user_model._default_manager.filter(pk__in=deactivate).update(is_active=False)
         if delete:
@@ -124,8 +120,12 @@ class RemovalWriter(UserWriter):
         now = timezone.now()
         pks = [r.pk for r in rows]
         ExternalDepartment.objects.filter(pk__in=pks).update(is_removed=True, removed_at=now, updated_at=now)
-        memberships = ExternalMembership.objects.filter(department_id__in=pks)
-        if any(self.dept_group.get(pk) for pk in pks):
+        self._drop_memberships(ExternalMembership.objects.filter(department_id__in=pks),
+                               ungroup=any(self.dept_group.get(pk) for pk in pks))
+
+    def _drop_memberships(self, memberships: QuerySet[ExternalMembership], *, ungroup: bool) -> None:
+        """Delete these memberships, after the mirrored-group links they gave when ``ungroup``."""
+        if ungroup:
             self._groups_remove(
                 (user_pk, self.dept_group.get(dept_pk))
                 for user_pk, dept_pk in memberships.values_list("user__user_id", "department_id")

@@ -31,6 +31,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ..callbacks import TAG_CHANGE_TYPES
+from ..client import WeComClient
 from ..conf import app_settings
 from ..exceptions import WeComAPIError
 from ..models import ExternalDepartment, ExternalMembership, ExternalTag, ExternalUser, SyncRun, SyncRunChange
@@ -245,9 +246,7 @@ def apply_tag_snapshot(source: Any, run: SyncRun, tags: TagSnapshot | None, *, d
 # -- events ----------------------------------------------------------------------------------------------
 
 
-def _client(source: Any) -> Any:
-    from ..client import WeComClient
-
+def _client(source: Any) -> WeComClient:
     return WeComClient.from_source(source, credential="app" if source.secret else "contact_sync")
 
 
