@@ -24,14 +24,12 @@ class Applier(RemovalWriter, DepartmentWriter):
         self.record_department_problems(plan.department_problems)
         if self.mirror_groups and not self.dry_run:
             self.ensure_groups()
-        updates = [op for op in plan.user_ops if op.local is not None]
-        creates = [op for op in plan.user_ops if op.local is None]
-        for batch in chunks(updates, self.batch_size):
-            self._guarded(batch, self._update_users, self._describe_op)
-            self.advance(len(batch))
-        for batch in chunks(creates, self.batch_size):
-            self._guarded(batch, self._create_users, self._describe_op)
-            self.advance(len(batch))
+        for updates in chunks(plan.user_updates, self.batch_size):
+            self._guarded(updates, self._update_users, self._describe_op)
+            self.advance(len(updates))
+        for creates in chunks(plan.user_creates, self.batch_size):
+            self._guarded(creates, self._create_users, self._describe_op)
+            self.advance(len(creates))
         pending = hold_removals or self.dry_run
         self.remove_user_rows(plan.user_removals, pending=pending)
         self.remove_department_rows(plan.department_removals, pending=pending)

@@ -86,17 +86,46 @@ class DepartmentOp:
 
 
 @dataclass(slots=True)
-class UserOp:
-    """Create, update, move, (de)activate or re-key one user."""
+class _MemberOp:
+    """What every operation on one member knows: the remote member and the synced departments."""
 
     key: str
-    action: str  # created / updated / moved / deactivated / reactivated
     remote: RemoteUser
-    local: LocalUser | None
     digest: str
-    content_changed: bool
     #: the synced department ids (shared by every op of a plan): memberships are derived, not stored
     universe: frozenset[int] | set[int]
+
+    @property
+    def memberships(self) -> dict[int, MembershipState]:
+        """The memberships the member should have: {department id: (order, is_leader, is_main)}."""
+        return desired_memberships(self.remote, self.universe)
+
+
+@dataclass(slots=True)
+class UserCreate(_MemberOp):
+    """Create (or link) the Django user of a member new to the mirror, with all its memberships."""
+
+    action: str = "created"
+    local: None = None
+    content_changed: bool = True
+    renamed_from: None = None
+    added: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
+
+    @property
+    def memberships_changed(self) -> bool:
+        return False
+
+
+@dataclass(slots=True)
+class UserUpdate(_MemberOp):
+    """Update, move, (de)activate or re-key one member of the mirror."""
+
+    action: str  # updated / moved / deactivated / reactivated
+    local: LocalUser
+    content_changed: bool
     added: tuple[int, ...] = ()
     removed: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
@@ -105,13 +134,12 @@ class UserOp:
     kept: tuple[int, ...] = ()
 
     @property
-    def memberships(self) -> dict[int, MembershipState]:
-        """The memberships the member should have: {department id: (order, is_leader, is_main)}."""
-        return desired_memberships(self.remote, self.universe)
-
-    @property
     def memberships_changed(self) -> bool:
         return bool(self.added or self.removed or self.changed)
+
+
+#: One operation on a member.
+UserOp = UserCreate | UserUpdate
 
 
 @dataclass(slots=True)
@@ -131,12 +159,12 @@ class Plan:
     local_active_users: int = 0
 
     @property
-    def user_creates(self) -> list[UserOp]:
-        return [op for op in self.user_ops if op.local is None]
+    def user_creates(self) -> list[UserCreate]:
+        return [op for op in self.user_ops if isinstance(op, UserCreate)]
 
     @property
-    def user_updates(self) -> list[UserOp]:
-        return [op for op in self.user_ops if op.local is not None]
+    def user_updates(self) -> list[UserUpdate]:
+        return [op for op in self.user_ops if isinstance(op, UserUpdate)]
 
     @property
     def is_empty(self) -> bool:
@@ -326,7 +354,7 @@ def plan_users(
         wanted = desired_memberships(user, universe)
         digest = user.digest
         if row is None:
-            ops.append(UserOp(key, "created", user, None, digest, True, universe))
+            ops.append(UserCreate(key, user, digest, universe))
             continue
         content_changed = row.digest != digest or row.userid != user.userid
         kept: tuple[int, ...] = ()
@@ -357,8 +385,8 @@ def plan_users(
         else:
             unchanged += 1
             continue
-        ops.append(UserOp(key, action, user, row, digest, content_changed, universe, added, removed, changed,
-                          kept=kept))
+        ops.append(UserUpdate(key, user, digest, universe, action=action, local=row, content_changed=content_changed,
+                              added=added, removed=removed, changed=changed, kept=kept))
     return ops, unchanged
 
 
@@ -482,7 +510,7 @@ def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local:
     """
     if not plan.user_removals:
         return 0
-    creates = [op for op in plan.user_ops if op.local is None]
+    creates = plan.user_creates
     if not creates:
         return 0
     index: dict[tuple[str, str], list[str]] = {}
@@ -504,20 +532,23 @@ def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local:
     if not pairs:
         return 0
     removed_keys = set(pairs.values())
-    for op in plan.user_ops:
-        old_key = pairs.get(op.key)
+    for position, new_op in enumerate(plan.user_ops):
+        old_key = pairs.get(new_op.key)
         if old_key is None:
             continue
         row = local.users[old_key]
         current = local.memberships_of(old_key)
-        wanted = op.memberships
-        op.local = row
-        op.renamed_from = row.userid
-        op.action = "reactivated" if row.is_removed else "updated"
-        op.content_changed = True
-        op.added = tuple(sorted(set(wanted) - set(current)))
-        op.removed = tuple(sorted(set(current) - set(wanted)))
-        op.changed = tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d]))
+        wanted = new_op.memberships
+        plan.user_ops[position] = UserUpdate(
+            new_op.key, new_op.remote, new_op.digest, new_op.universe,
+            action="reactivated" if row.is_removed else "updated",
+            local=row,
+            content_changed=True,
+            added=tuple(sorted(set(wanted) - set(current))),
+            removed=tuple(sorted(set(current) - set(wanted))),
+            changed=tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d])),
+            renamed_from=row.userid,
+        )
     plan.user_removals = [u for u in plan.user_removals if u.key not in removed_keys]
     return len(pairs)
 
@@ -528,7 +559,9 @@ __all__ = [
     "LocalState",
     "LocalUser",
     "Plan",
+    "UserCreate",
     "UserOp",
+    "UserUpdate",
     "as_rows",
     "build_full_plan",
     "build_plan",

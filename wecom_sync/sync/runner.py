@@ -254,7 +254,7 @@ def _plan(source: SyncSource, snapshot: Snapshot, adapter: DefaultWeComAdapter) 
         readable=readable_departments(snapshot),
     )
     renames = 0
-    if plan.user_removals and any(op.local is None for op in plan.user_ops):
+    if plan.user_removals and plan.user_creates:
         renames = detect_renames(plan, load_contacts(source, [u.key for u in plan.user_removals]), gone)
     return plan, renames
 

@@ -19,8 +19,9 @@ from .bulk import EXT_USER_FIELDS, MEMBERSHIP_COLUMNS, chunks, insert_instances,
 from .groups import GroupWriter
 from .plan import (
     PLACEMENT_KEYS,
-    LocalUser,
+    UserCreate,
     UserOp,
+    UserUpdate,
     diff_fields,
     refine_user_action,
 )
@@ -190,9 +191,9 @@ class UserWriter(GroupWriter):
                     group_remove.append((user_pk, self.dept_group.get(self.dept_pk[d])))
         return removes
 
-    def _create_users(self, ops: Sequence[UserOp], batch: _Batch) -> None:
+    def _create_users(self, ops: Sequence[UserCreate], batch: _Batch) -> None:
         provisioned = self._provision([op.remote for op in ops], batch)
-        rows: list[tuple[UserOp, Any, bool]] = []
+        rows: list[tuple[UserCreate, Any, bool]] = []
         for op in ops:
             result = provisioned.get(op.key)
             if isinstance(result, LinkRefused):
@@ -250,24 +251,23 @@ class UserWriter(GroupWriter):
         if self.mirror_groups:
             self._groups_add(group_add)
 
-    def _update_users(self, ops: Sequence[UserOp], batch: _Batch) -> None:
+    def _update_users(self, ops: Sequence[UserUpdate], batch: _Batch) -> None:
         work = self._prepare_updates(ops, batch)
         for op in ops:
             self._update_user(op, work, batch)
         if not self.dry_run:
             self._write_updates(work)
 
-    def _prepare_updates(self, ops: Sequence[UserOp], batch: _Batch) -> _UserUpdates:
+    def _prepare_updates(self, ops: Sequence[UserUpdate], batch: _Batch) -> _UserUpdates:
         """Read the batch's mirror rows and Django users; provision the members whose account is gone."""
-        pks = [op.local.pk for op in ops if op.local is not None]
         ext_rows = {
             e.pk: e
-            for e in ExternalUser.objects.filter(pk__in=pks).only(
+            for e in ExternalUser.objects.filter(pk__in=[op.local.pk for op in ops]).only(
                 "pk", "userid", "userid_key", "raw", "user_id", "name", "status", "is_removed", "source_id",
                 "account_origin",
             )
         }
-        found = {op.key: ext_rows[op.local.pk] for op in ops if op.local is not None and op.local.pk in ext_rows}
+        found = {op.key: ext_rows[op.local.pk] for op in ops if op.local.pk in ext_rows}
         users = {}
         if not self.dry_run:
             user_ids = [e.user_id for e in ext_rows.values() if e.user_id]
@@ -280,10 +280,10 @@ class UserWriter(GroupWriter):
         provisioned = self._provision([op.remote for op in orphans], batch) if orphans else {}
         return _UserUpdates(found, users, kept, {op.key for op in orphans}, provisioned)
 
-    def _update_user(self, op: UserOp, work: _UserUpdates, batch: _Batch) -> None:
+    def _update_user(self, op: UserUpdate, work: _UserUpdates, batch: _Batch) -> None:
         """Decide one member's update: record its change and stage its writes in ``work``."""
         ext = work.found.get(op.key)
-        if ext is None or op.local is None:
+        if ext is None:
             self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.FAILED,
                         name=op.remote.name, error=_("The local record disappeared during the run."),
                         applied=False)
@@ -299,7 +299,7 @@ class UserWriter(GroupWriter):
         if op.memberships_changed:
             fields["memberships"] = {"added": list(op.added), "removed": list(op.removed),
                                      "changed": list(op.changed)}
-        resolved = self._updated_django_user(op, op.local, ext, work, batch, fields, action)
+        resolved = self._updated_django_user(op, ext, work, batch, fields, action)
         if resolved is None:
             return
         user, django_fields, action = resolved
@@ -307,8 +307,8 @@ class UserWriter(GroupWriter):
                     fields=fields)
         if self.dry_run:
             return
-        self._stage_external_user(op, op.local, ext, work, user)
-        self._stage_memberships(op, op.local, ext, work, user)
+        self._stage_external_user(op, ext, work, user)
+        self._stage_memberships(op, ext, work, user)
         if action == SyncRunChange.Action.DEACTIVATED and user is not None:
             batch.signals.append((user_deactivated, {"user": user, "external_user": ext}))
         elif action == SyncRunChange.Action.REACTIVATED and user is not None:
@@ -317,7 +317,7 @@ class UserWriter(GroupWriter):
             batch.signals.append((user_updated, {"user": user, "external_user": ext}))
 
     def _updated_django_user(
-        self, op: UserOp, local: LocalUser, ext: ExternalUser, work: _UserUpdates, batch: _Batch,
+        self, op: UserUpdate, ext: ExternalUser, work: _UserUpdates, batch: _Batch,
         fields: dict[str, Any], action: str,
     ) -> tuple[Any, set[str], str] | None:
         """Return the member's Django user (updated, or provisioned anew), its changed fields and the final
@@ -338,7 +338,7 @@ class UserWriter(GroupWriter):
         django_fields: set[str] = set()
         user = work.users.get(ext.user_id) if ext.user_id else None
         if user is not None:
-            if op.content_changed or local.is_removed:
+            if op.content_changed or op.local.is_removed:
                 django_fields = self._populate(user, op.remote, ext.account_origin)
             django_fields |= self._set_active(user, op.remote, work.kept)
             if django_fields:
@@ -349,11 +349,10 @@ class UserWriter(GroupWriter):
                 action = SyncRunChange.Action.UPDATED
         return user, django_fields, action
 
-    def _stage_external_user(self, op: UserOp, local: LocalUser, ext: ExternalUser, work: _UserUpdates,
-                             user: Any) -> None:
+    def _stage_external_user(self, op: UserUpdate, ext: ExternalUser, work: _UserUpdates, user: Any) -> None:
         """Copy the remote member onto its mirror row (and its new account, when relinked)."""
         relink = op.key in work.orphan_keys
-        if not (op.content_changed or local.is_removed or relink):
+        if not (op.content_changed or op.local.is_removed or relink):
             return
         ext.userid = op.remote.userid
         ext.userid_key = op.key
@@ -371,10 +370,9 @@ class UserWriter(GroupWriter):
             ext.account_origin = ExternalUser.AccountOrigin.CREATED if created else ExternalUser.AccountOrigin.LINKED
         work.ext_updates.append(ext)
 
-    def _stage_memberships(self, op: UserOp, local: LocalUser, ext: ExternalUser, work: _UserUpdates,
-                           user: Any) -> None:
+    def _stage_memberships(self, op: UserUpdate, ext: ExternalUser, work: _UserUpdates, user: Any) -> None:
         user_pk = user.pk if user is not None else None
-        if local.is_removed:
+        if op.local.is_removed:
             # a member who comes back gets every membership again (removal deleted them)
             work.removes |= Q(user_id=ext.pk)
             self._write_memberships(ext.pk, op, work.adds, Q(), work.group_add, [], user_pk, all_added=True)
