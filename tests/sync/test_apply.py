@@ -1,4 +1,4 @@
-"""Tests of the apply layer, the adapter, the lock and the services with hand-built snapshots."""
+"""The writers (wecom_sync.sync.applier and its parts), the adapter and the services, with hand-built snapshots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from tests.factories import make_snapshot as snapshot
 from tests.factories import make_source
+from tests.factories import remote_department as dept
+from tests.factories import remote_member as member
 from wecom_sync import services, signals
 from wecom_sync.adapter import DefaultWeComAdapter, get_adapter
 from wecom_sync.models import (
@@ -24,151 +27,16 @@ from wecom_sync.models import (
     SyncSource,
 )
 from wecom_sync.sync import applier, bulk, departments, local, lock, objects, runner
-from wecom_sync.sync.snapshot import RemoteDepartment, RemoteUser, Snapshot
 
 User = get_user_model()
 KEYS = ["tests-encryption-key-1"]
 
 
-def dept(id, parent=1, name=None):  # noqa: A002
-    return RemoteDepartment.from_api({"id": id, "name": name or f"Dept {id}", "parentid": parent, "order": id})
-
-
-def member(userid, departments=(1,), status=1, name=None, **extra):
-    return RemoteUser.from_api({
-        "userid": userid, "name": name or f"{userid.title()} Person", "department": list(departments),
-        "order": [0] * len(departments), "is_leader_in_dept": [0] * len(departments),
-        "main_department": departments[0], "status": status, **extra,
-    })
-
-
 ROOT = dept(1, parent=0, name="Root")
-
-
-def snapshot(depts, users, problems=()):
-    snap = Snapshot(root_department_id=1)
-    for d in depts:
-        snap.departments[d.id] = d
-    for u in users:
-        snap.users[u.key] = u
-    for scope in problems:
-        snap.add_problem(scope, 60011, "no privilege")
-    return snap
-
-
-@pytest.fixture
-def source(db):
-    return make_source(removal_threshold_count=1000, removal_threshold_percent=100)
-
-
-@pytest.fixture
-def run(source):
-    return SyncRun.objects.create(source=source, kind=SyncRun.Kind.EVENTS, status=SyncRun.Status.RUNNING)
-
-
-@pytest.fixture
-def fake_fetch(monkeypatch):
-    """Serve a hand-built snapshot from runner.fetch (the engine's one door to WeCom)."""
-    box = {}
-
-    def fetch(source, progress=None):
-        if progress:
-            progress(1, 1)
-        return box["snapshot"]
-
-    monkeypatch.setattr(runner, "fetch", fetch)
-    return box
 
 
 def ext(source, userid):
     return ExternalUser.objects.select_related("user").get(source=source, userid_key=userid.lower())
-
-
-# -- event-facing functions ---------------------------------------------------------------------------------
-
-
-def test_apply_remote_objects_creates_updates_and_is_idempotent(source, run):
-    counters = objects.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("amy", (2,))])
-    assert counters == {"departments_created": 2, "users_created": 1}
-    amy = ext(source, "amy")
-    assert amy.user.username == "amy" and amy.user.first_name == "Amy" and amy.user.last_name == "Person"
-    assert ExternalDepartment.objects.get(source=source, department_id=2).parent.department_id == 1
-    assert list(amy.memberships.values_list("department__department_id", "is_main")) == [(2, True)]
-    assert objects.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("amy", (2,))]) == {}
-    counters = objects.apply_remote_objects(source, run, users=[member("AMY", (1, 2), name="Amy Li")])
-    assert counters == {"users_updated": 1}
-    amy = ext(source, "amy")
-    assert amy.userid == "AMY" and amy.user.username == "amy"  # the username is frozen once assigned
-    assert amy.user.last_name == "Li"
-    assert sorted(amy.memberships.values_list("department__department_id", flat=True)) == [1, 2]
-    change = run.changes.filter(action="updated").get()
-    assert change.fields["name"] == ["Amy Person", "Amy Li"] and change.fields["memberships"]["added"] == [1]
-
-
-def test_apply_remote_objects_never_removes_anything_else(source, run):
-    objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("a"), member("b")])
-    objects.apply_remote_objects(source, run, users=[member("c")])
-    assert ExternalUser.objects.filter(source=source, is_removed=False).count() == 3
-    assert User.objects.filter(is_active=True).count() == 3
-
-
-@pytest.mark.parametrize(
-    ("policy", "action", "active", "exists"),
-    [("deactivate", "deactivated", False, True), ("delete", "deleted", None, False), ("ignore", "removed", True, True)],
-)
-def test_remove_users_applies_the_policy(source, run, policy, action, active, exists):
-    source.removal_policy = policy
-    source.save()
-    objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("gone"), member("stay")])
-    user_pk = ext(source, "gone").user_id
-    counters = objects.remove_users(source, run, ["GONE"])
-    assert counters == {f"users_{action}": 1}
-    gone = ExternalUser.objects.get(source=source, userid_key="gone")
-    assert gone.is_removed and gone.removed_at is not None
-    assert not gone.memberships.exists()
-    assert User.objects.filter(pk=user_pk).exists() is exists
-    if exists:
-        assert User.objects.get(pk=user_pk).is_active is active
-    assert ext(source, "stay").user.is_active
-    # reappearing reactivates (a deleted account is provisioned again)
-    assert objects.apply_remote_objects(source, run, users=[member("gone")]) == {"users_reactivated": 1}
-    gone = ext(source, "gone")
-    assert not gone.is_removed and gone.user.is_active and gone.memberships.count() == 1
-    if exists:
-        assert gone.user_id == user_pk
-
-
-def test_superuser_is_never_deactivated(source, run):
-    objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("root")])
-    user = ext(source, "root").user
-    User.objects.filter(pk=user.pk).update(is_superuser=True)
-    objects.apply_remote_objects(source, run, users=[member("root", status=5)])
-    assert objects.remove_users(source, run, ["root"]) == {"users_skipped": 1}
-    user.refresh_from_db()
-    assert user.is_active
-
-
-def test_remove_departments_keeps_users(source, run):
-    objects.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("u", (1, 2))])
-    assert objects.remove_departments(source, run, [2]) == {"departments_removed": 1}
-    assert ExternalDepartment.objects.get(source=source, department_id=2).is_removed
-    u = ext(source, "u")
-    assert not u.is_removed and u.user.is_active
-    assert list(u.memberships.values_list("department__department_id", flat=True)) == [1]
-
-
-def test_rename_user_rekeys_the_same_django_user(source, run):
-    objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("old"), member("taken")])
-    user_pk = ext(source, "old").user_id
-    assert objects.rename_user(source, run, "old", "New") is True
-    renamed = ext(source, "new")
-    assert renamed.user_id == user_pk and renamed.userid == "New" and renamed.user.username == "old"
-    assert not ExternalUser.objects.filter(source=source, userid_key="old").exists()
-    assert objects.rename_user(source, run, "new", "taken") is False
-    assert run.changes.filter(action="failed", external_id="taken").exists()
-    assert objects.rename_user(source, run, "nobody", "x") is False
-    # the payload of the renamed member then updates, not creates
-    assert objects.apply_remote_objects(source, run, users=[member("New")]) == {"users_updated": 1}
 
 
 # -- the adapter --------------------------------------------------------------------------------------------
@@ -302,26 +170,6 @@ def test_mirrored_groups_follow_departments_and_leave_others_alone(source, run):
 
 
 # -- lock and services --------------------------------------------------------------------------------------
-
-
-def test_lock_semantics(source):
-    a = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now(),
-                               heartbeat_at=timezone.now())
-    b = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now())
-    assert lock.acquire(source, a)
-    assert not lock.acquire(source, a)  # not re-entrant: a duplicate task of the running run must not run too
-    assert not lock.acquire(source, b)
-    lock.release(source, b)  # not the holder: no effect
-    assert lock.holder(source) == a.pk
-    lock.release(source, a)
-    assert lock.acquire(source, b)
-    b.status = SyncRun.Status.SUCCEEDED  # a finished holder never blocks
-    b.save()
-    assert lock.acquire(source, a)
-    SyncRun.objects.filter(pk=a.pk).update(heartbeat_at=timezone.now() - timedelta(days=1))
-    assert lock.acquire(source, b)
-    a.refresh_from_db()
-    assert a.status == SyncRun.Status.FAILED
 
 
 def test_disabled_source_is_refused(source):
@@ -522,20 +370,6 @@ def test_cyclic_gc_is_paused_during_a_run_and_restored(source, fake_fetch):
         assert not gc.isenabled()  # a process that had it off keeps it off
     finally:
         gc.enable()
-
-
-def test_a_holder_that_has_not_saved_running_yet_keeps_the_lock(source):
-    """Between taking the lock and saving "running", the winner is still "queued": the loser must wait."""
-    winner = SyncRun.objects.create(source=source, status=SyncRun.Status.QUEUED)
-    loser = SyncRun.objects.create(source=source, status=SyncRun.Status.QUEUED)
-    assert lock.acquire(source, winner)
-    assert not lock.acquire(source, loser)
-    winner.refresh_from_db()
-    assert winner.status == SyncRun.Status.QUEUED
-    held = SyncRun.objects.create(source=source, status=SyncRun.Status.HELD, heartbeat_at=timezone.now())
-    lock.release(source, winner)
-    assert lock.acquire(source, held)  # approving a held run
-    assert not lock.acquire(source, loser)
 
 
 def _flaky_department_insert(monkeypatch, fail_on_call: int = 2):
