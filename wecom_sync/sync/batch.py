@@ -23,16 +23,15 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
-def _short(text: Any, limit: int = 255) -> str:
+def clip(text: Any, limit: int = 255) -> str:
+    """Return ``text`` as a string cut to ``limit`` characters (a change row's column width)."""
     return str(text or "")[:limit]
 
 
 PROGRESS_EVERY = 1.0
 
 
-
-class _Batch:
+class Batch:
     """What one batch produced: change rows and signals, kept until the batch commits."""
 
     def __init__(self) -> None:
@@ -43,7 +42,7 @@ class _Batch:
 
 
 class BatchWriter:
-    """Writes one plan (or one set of event objects) for one source into one run."""
+    """The core every writer shares: batches in one transaction each, change rows, counters, progress."""
 
     def __init__(
         self,
@@ -95,7 +94,7 @@ class BatchWriter:
 
     def change(
         self,
-        batch: _Batch,
+        batch: Batch,
         object_type: str,
         external_id: Any,
         action: str,
@@ -108,16 +107,16 @@ class BatchWriter:
         """Record one change of the run (written with the batch)."""
         batch.changes.append(
             (
-                self.run.pk, object_type, _short(external_id, 64), _short(name), action, dict(fields or {}), error,
+                self.run.pk, object_type, clip(external_id, 64), clip(name), action, dict(fields or {}), error,
                 (not self.dry_run) if applied is None else applied, batch.now,
             )
         )
         batch.counters[counter_key(object_type, action)] += 1
 
-    def _guarded(self, items: Sequence[T], work: Callable[[Sequence[T], _Batch], None],
+    def _guarded(self, items: Sequence[T], work: Callable[[Sequence[T], Batch], None],
                  describe: Callable[[T], tuple[str, str, str]]) -> None:
         """Run ``work`` on a batch in one transaction; on failure, retry item by item and record failures."""
-        batch = _Batch()
+        batch = Batch()
         # What the batch learns about departments (new primary keys, parents, groups) is only true once its
         # transaction commits: keep the state from before, to restore it when the batch rolls back.
         saved = (dict(self.dept_pk), dict(self.dept_group), set(self.parent_done))
@@ -137,9 +136,9 @@ class BatchWriter:
                 extra={"run_id": self.run.pk, "object_type": object_type, "external_id": external_id,
                        "error_type": type(exc).__name__},
             )
-            failed = _Batch()
+            failed = Batch()
             self.change(failed, object_type, external_id, SyncRunChange.Action.FAILED, name=name,
-                        error=_short(f"{type(exc).__name__}: {exc}", 2000), applied=False)
+                        error=clip(f"{type(exc).__name__}: {exc}", 2000), applied=False)
             self._write_changes(failed.changes)
             self.counters.update(failed.counters)
             return
@@ -151,7 +150,7 @@ class BatchWriter:
     def _write_changes(rows: Sequence[tuple]) -> None:
         insert_rows(SyncRunChange, CHANGE_COLUMNS, rows)
 
-    def _record_only(self, batch_changes: _Batch) -> None:
+    def _record_only(self, batch_changes: Batch) -> None:
         self._write_changes(batch_changes.changes)
         self.counters.update(batch_changes.counters)
 
@@ -172,9 +171,9 @@ class BatchWriter:
         """Record what the directory reports wrongly about departments (a parent cycle) as failed changes."""
         if not problems:
             return
-        batch = _Batch()
+        batch = Batch()
         for dept_id, name, message in problems:
             self.change(batch, SyncRunChange.ObjectType.DEPARTMENT, dept_id, SyncRunChange.Action.FAILED, name=name,
-                        error=_short(message, 2000), applied=False)
+                        error=clip(message, 2000), applied=False)
         self._record_only(batch)
 

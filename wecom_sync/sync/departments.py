@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from django.utils import timezone
 
 from ..models import ExternalDepartment, SyncRunChange
-from .batch import _Batch
+from .batch import Batch
 from .bulk import DEPT_FIELDS, chunks, insert_instances
 from .groups import GroupWriter
 from .plan import (
+    DepartmentCreate,
     DepartmentOp,
+    DepartmentUpdate,
 )
 
 
@@ -41,14 +43,14 @@ class DepartmentWriter(GroupWriter):
             last_seen_at=timezone.now(),
         )
 
-    def _write_departments(self, ops: Sequence[DepartmentOp], batch: _Batch) -> None:
+    def _write_departments(self, ops: Sequence[DepartmentOp], batch: Batch) -> None:
         for op in ops:
             self.change(batch, SyncRunChange.ObjectType.DEPARTMENT, op.department_id, op.action,
                         name=op.remote.name, fields=op.fields)
         if self.dry_run:
             return
         # Parents first, level by level, so that most parents are known when a department is inserted.
-        pending = [op for op in ops if op.local is None and op.department_id not in self.dept_pk]
+        pending = [op for op in ops if isinstance(op, DepartmentCreate) and op.department_id not in self.dept_pk]
         while pending:
             waiting = {op.department_id for op in pending}
             level = [op for op in pending if op.parent_id not in waiting] or pending
@@ -66,21 +68,22 @@ class DepartmentWriter(GroupWriter):
                 self.dept_pk[d.department_id] = d.pk
                 self.dept_group.setdefault(d.pk, None)
             pending = [op for op in pending if op.department_id not in self.dept_pk]
-        existing = [self._dept_row(op, self.dept_pk[op.department_id]) for op in ops if op.local is not None]
+        updates = [op for op in ops if isinstance(op, DepartmentUpdate)]
+        existing = [self._dept_row(op, self.dept_pk[op.department_id]) for op in updates]
         if existing:
             ExternalDepartment.objects.bulk_update(existing, DEPT_FIELDS)
         if self.mirror_groups:
             renames = []
             for op in ops:
                 group_id = self.dept_group.get(self.dept_pk.get(op.department_id, 0))
-                if group_id and op.local is not None and "name" in op.fields:
+                if group_id and isinstance(op, DepartmentUpdate) and "name" in op.fields:
                     renames.append((group_id, op.remote))
             self._rename_groups(renames)
 
-    def _set_parents(self, ops: Sequence[DepartmentOp], batch: _Batch) -> None:
+    def _set_parents(self, ops: Sequence[DepartmentOp], batch: Batch) -> None:
         rows = []
         for op in ops:
-            if op.department_id in self.parent_done or (op.local is not None and "parent" not in op.fields):
+            if op.department_id in self.parent_done or (isinstance(op, DepartmentUpdate) and "parent" not in op.fields):
                 continue
             pk = self.dept_pk.get(op.department_id)
             if pk is None:

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 from ..conf import app_settings
 from ..models import ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from .applier import Applier
-from .batch import _Batch
+from .batch import Batch
 from .bulk import chunks
 from .local import load_local_state
 from .plan import (
@@ -92,7 +92,7 @@ def rename_user(source: SyncSource, run: SyncRun, old_userid: str, new_userid: s
     if ext is None or not new_key:
         return False
     applier = Applier(source, run)
-    batch = _Batch()
+    batch = Batch()
     if new_key != old_key and ExternalUser.objects.filter(source=source, userid_key=new_key).exists():
         applier.change(batch, SyncRunChange.ObjectType.USER, new_userid, SyncRunChange.Action.FAILED, name=ext.name,
                        error=_("Cannot rename %(old)s: the userid %(new)s is already mapped.")

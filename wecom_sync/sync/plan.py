@@ -74,15 +74,31 @@ def as_rows(memberships: Mapping[int, MembershipState]) -> MembershipRows:
 
 
 @dataclass(slots=True)
-class DepartmentOp:
-    """Create, update, move or bring back one department."""
+class DepartmentCreate:
+    """Create one department new to the mirror."""
 
     department_id: int
-    action: str  # created / updated / moved / reactivated
     remote: RemoteDepartment
-    local: LocalDepartment | None
     parent_id: int | None  # WeCom id of the desired local parent
     fields: dict[str, Any]  # field -> [old, new]
+    action: str = "created"
+    local: None = None
+
+
+@dataclass(slots=True)
+class DepartmentUpdate:
+    """Update, move or bring back one department of the mirror."""
+
+    department_id: int
+    remote: RemoteDepartment
+    parent_id: int | None  # WeCom id of the desired local parent
+    fields: dict[str, Any]  # field -> [old, new]
+    action: str  # updated / moved / reactivated
+    local: LocalDepartment
+
+
+#: One operation on a department (the plan keeps them parents first, creates and updates mixed).
+DepartmentOp = DepartmentCreate | DepartmentUpdate
 
 
 @dataclass(slots=True)
@@ -293,7 +309,7 @@ def plan_departments(
         dept = as_stored(dept, row)
         if row is None:
             fields = {"name": [None, dept.name], "parent": [None, parent]}
-            ops.append(DepartmentOp(dept.id, "created", dept, None, parent, fields))
+            ops.append(DepartmentCreate(dept.id, dept, parent, fields))
             continue
         fields = {}
         for name, old, new in (
@@ -315,7 +331,7 @@ def plan_departments(
         else:
             unchanged += 1
             continue
-        ops.append(DepartmentOp(dept.id, action, dept, row, parent, fields))
+        ops.append(DepartmentUpdate(dept.id, dept, parent, fields, action=action, local=row))
     parents = {op.department_id: op.parent_id for op in ops}
     ops.sort(key=lambda op: (_depth(op.department_id, parents), op.department_id))
     return ops, unchanged
@@ -554,7 +570,9 @@ def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local:
 
 
 __all__ = [
+    "DepartmentCreate",
     "DepartmentOp",
+    "DepartmentUpdate",
     "LocalDepartment",
     "LocalState",
     "LocalUser",

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 
 from ..models import ExternalDepartment, ExternalMembership, ExternalUser, SyncRunChange, SyncSource
 from ..signals import user_deactivated
-from .batch import _Batch
+from .batch import Batch
 from .bulk import chunks
 from .plan import (
     LocalDepartment,
@@ -34,7 +34,7 @@ class RemovalWriter(UserWriter):
         action = REMOVAL_ACTIONS.get(self.source.removal_policy, SyncRunChange.Action.DEACTIVATED)
         for batch_rows in chunks(list(rows), self.batch_size):
             if pending:
-                batch = _Batch()
+                batch = Batch()
                 for row in batch_rows:
                     self.change(batch, SyncRunChange.ObjectType.USER, row.userid, action, applied=False)
                 batch.counters = Counter({"pending_removals": len(batch_rows)})
@@ -47,7 +47,7 @@ class RemovalWriter(UserWriter):
     def _describe_local_user(row: LocalUser) -> tuple[str, str, str]:
         return SyncRunChange.ObjectType.USER, row.userid, ""
 
-    def _remove_user_batch(self, rows: Sequence[LocalUser], batch: _Batch) -> None:
+    def _remove_user_batch(self, rows: Sequence[LocalUser], batch: Batch) -> None:
         policy = self.source.removal_policy
         action = REMOVAL_ACTIONS.get(policy, SyncRunChange.Action.DEACTIVATED)
         user_pks = [r.user_pk for r in rows if r.user_pk]
@@ -99,7 +99,7 @@ class RemovalWriter(UserWriter):
         if not rows:
             return
         if pending:
-            batch = _Batch()
+            batch = Batch()
             for row in rows:
                 self.change(batch, SyncRunChange.ObjectType.DEPARTMENT, row.department_id,
                             SyncRunChange.Action.REMOVED, name=row.name, applied=False)
@@ -111,7 +111,7 @@ class RemovalWriter(UserWriter):
                           lambda r: (SyncRunChange.ObjectType.DEPARTMENT, str(r.department_id), r.name))
             self.advance(len(batch_rows))
 
-    def _remove_department_batch(self, rows: Sequence[LocalDepartment], batch: _Batch) -> None:
+    def _remove_department_batch(self, rows: Sequence[LocalDepartment], batch: Batch) -> None:
         for row in rows:
             self.change(batch, SyncRunChange.ObjectType.DEPARTMENT, row.department_id, SyncRunChange.Action.REMOVED,
                         name=row.name)

@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 from ..adapter import LinkError, LinkRefused
 from ..models import ExternalMembership, ExternalUser, SyncRunChange
 from ..signals import notify, user_created, user_deactivated, user_reactivated, user_updated
-from .batch import _Batch, _short
+from .batch import Batch, clip
 from .bulk import EXT_USER_FIELDS, MEMBERSHIP_COLUMNS, chunks, insert_instances, insert_rows
 from .groups import GroupWriter
 from .plan import (
@@ -53,7 +53,7 @@ class UserWriter(GroupWriter):
         return SyncRunChange.ObjectType.USER, op.remote.userid, op.remote.name
 
     def _provision(
-        self, remotes: Sequence[RemoteUser], batch: _Batch
+        self, remotes: Sequence[RemoteUser], batch: Batch
     ) -> dict[str, tuple[Any, bool] | Exception]:
         """Find (link) or create the Django user of each remote user; return key -> (user, created) or error."""
         out: dict[str, tuple[Any, bool] | Exception] = {}
@@ -149,7 +149,7 @@ class UserWriter(GroupWriter):
             ).filter(models.Exists(others)).only("pk", "userid", "name", "user_id")
         )
         for batch_rows in chunks(rows, self.batch_size):
-            batch = _Batch()
+            batch = Batch()
             users = {u.pk: u for u in self.user_model._default_manager.filter(pk__in=[e.user_id for e in batch_rows])}
             with transaction.atomic():
                 for ext in batch_rows:
@@ -191,19 +191,19 @@ class UserWriter(GroupWriter):
                     group_remove.append((user_pk, self.dept_group.get(self.dept_pk[d])))
         return removes
 
-    def _create_users(self, ops: Sequence[UserCreate], batch: _Batch) -> None:
+    def _create_users(self, ops: Sequence[UserCreate], batch: Batch) -> None:
         provisioned = self._provision([op.remote for op in ops], batch)
         rows: list[tuple[UserCreate, Any, bool]] = []
         for op in ops:
             result = provisioned.get(op.key)
             if isinstance(result, LinkRefused):
                 self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.SKIPPED,
-                            name=op.remote.name, error=_short(result.message, 2000), applied=False)
+                            name=op.remote.name, error=clip(result.message, 2000), applied=False)
                 continue
             if isinstance(result, Exception) or result is None:
                 message = result.message if isinstance(result, LinkError) else f"{type(result).__name__}: {result}"
                 self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid, SyncRunChange.Action.FAILED,
-                            name=op.remote.name, error=_short(message, 2000), applied=False)
+                            name=op.remote.name, error=clip(message, 2000), applied=False)
                 continue
             user, created = result
             rows.append((op, user, created))
@@ -251,14 +251,14 @@ class UserWriter(GroupWriter):
         if self.mirror_groups:
             self._groups_add(group_add)
 
-    def _update_users(self, ops: Sequence[UserUpdate], batch: _Batch) -> None:
+    def _update_users(self, ops: Sequence[UserUpdate], batch: Batch) -> None:
         work = self._prepare_updates(ops, batch)
         for op in ops:
             self._update_user(op, work, batch)
         if not self.dry_run:
             self._write_updates(work)
 
-    def _prepare_updates(self, ops: Sequence[UserUpdate], batch: _Batch) -> _UserUpdates:
+    def _prepare_updates(self, ops: Sequence[UserUpdate], batch: Batch) -> _UserUpdates:
         """Read the batch's mirror rows and Django users; provision the members whose account is gone."""
         ext_rows = {
             e.pk: e
@@ -280,7 +280,7 @@ class UserWriter(GroupWriter):
         provisioned = self._provision([op.remote for op in orphans], batch) if orphans else {}
         return _UserUpdates(found, users, kept, {op.key for op in orphans}, provisioned)
 
-    def _update_user(self, op: UserUpdate, work: _UserUpdates, batch: _Batch) -> None:
+    def _update_user(self, op: UserUpdate, work: _UserUpdates, batch: Batch) -> None:
         """Decide one member's update: record its change and stage its writes in ``work``."""
         ext = work.found.get(op.key)
         if ext is None:
@@ -317,7 +317,7 @@ class UserWriter(GroupWriter):
             batch.signals.append((user_updated, {"user": user, "external_user": ext}))
 
     def _updated_django_user(
-        self, op: UserUpdate, ext: ExternalUser, work: _UserUpdates, batch: _Batch,
+        self, op: UserUpdate, ext: ExternalUser, work: _UserUpdates, batch: Batch,
         fields: dict[str, Any], action: str,
     ) -> tuple[Any, set[str], str] | None:
         """Return the member's Django user (updated, or provisioned anew), its changed fields and the final
@@ -330,7 +330,7 @@ class UserWriter(GroupWriter):
                 refused = isinstance(result, LinkRefused)
                 self.change(batch, SyncRunChange.ObjectType.USER, op.remote.userid,
                             SyncRunChange.Action.SKIPPED if refused else SyncRunChange.Action.FAILED,
-                            name=op.remote.name, error=_short(message, 2000), applied=False)
+                            name=op.remote.name, error=clip(message, 2000), applied=False)
                 return None
             user = result[0]
             fields["username"] = [None, getattr(user, self.user_model.USERNAME_FIELD, "")]
