@@ -74,25 +74,27 @@ def as_rows(memberships: Mapping[int, MembershipState]) -> MembershipRows:
 
 
 @dataclass(slots=True)
-class DepartmentCreate:
-    """Create one department new to the mirror."""
+class _DepartmentOp:
+    """What every operation on one department knows."""
 
     department_id: int
     remote: RemoteDepartment
     parent_id: int | None  # WeCom id of the desired local parent
     fields: dict[str, Any]  # field -> [old, new]
+
+
+@dataclass(slots=True)
+class DepartmentCreate(_DepartmentOp):
+    """Create one department new to the mirror."""
+
     action: str = "created"
     local: None = None
 
 
 @dataclass(slots=True)
-class DepartmentUpdate:
+class DepartmentUpdate(_DepartmentOp):
     """Update, move or bring back one department of the mirror."""
 
-    department_id: int
-    remote: RemoteDepartment
-    parent_id: int | None  # WeCom id of the desired local parent
-    fields: dict[str, Any]  # field -> [old, new]
     action: str  # updated / moved / reactivated
     local: LocalDepartment
 

@@ -26,6 +26,12 @@ REMOVAL_ACTIONS: dict[str, str] = {
 }
 
 
+def _mark_removed(model: type[ExternalUser] | type[ExternalDepartment], pks: list[int]) -> None:
+    """Mark these mirror rows removed now (they stay, so a comeback finds them)."""
+    now = timezone.now()
+    model._default_manager.filter(pk__in=pks).update(is_removed=True, removed_at=now, updated_at=now)
+
+
 class RemovalWriter(UserWriter):
     """Applies the removal policy to users and departments gone from the directory."""
 
@@ -84,9 +90,8 @@ class RemovalWriter(UserWriter):
                 batch.signals.append((user_deactivated, {"user": user, "external_user": ext}))
         if self.dry_run:
             return
-        now = timezone.now()
         ext_pks = [r.pk for r in rows]
-        ExternalUser.objects.filter(pk__in=ext_pks).update(is_removed=True, removed_at=now, updated_at=now)
+        _mark_removed(ExternalUser, ext_pks)
         self._drop_memberships(ExternalMembership.objects.filter(user_id__in=ext_pks),
                                ungroup=self.mirror_groups or any(self.dept_group.values()))
         if deactivate:
@@ -117,9 +122,8 @@ class RemovalWriter(UserWriter):
                         name=row.name)
         if self.dry_run:
             return
-        now = timezone.now()
         pks = [r.pk for r in rows]
-        ExternalDepartment.objects.filter(pk__in=pks).update(is_removed=True, removed_at=now, updated_at=now)
+        _mark_removed(ExternalDepartment, pks)
         self._drop_memberships(ExternalMembership.objects.filter(department_id__in=pks),
                                ungroup=any(self.dept_group.get(pk) for pk in pks))
 
