@@ -27,9 +27,9 @@ def main() -> None:
     import django
 
     django.setup()
-    from wecom_sync.client import fetch_snapshot
     from wecom_sync.conf import app_settings
     from wecom_sync.simulator import WeComSimulator, generate_organisation
+    from wecom_sync.sync.fetch import fetch_snapshot
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from wecom_sync.models import SyncSource
+from wecom_sync.sync.snapshot import RemoteDepartment, RemoteUser, Snapshot
 
 _seq = itertools.count(1)
 
@@ -42,3 +44,44 @@ def make_user(username: str, *codenames: str, **fields: Any) -> Any:
     assert perms.count() == len(set(codenames)), f"unknown permission among {codenames}"
     user.user_permissions.set(perms)
     return user
+
+
+def remote_department(
+    id: int, parent: int = 1, *, name: str | None = None, order: int | None = None,  # noqa: A002
+    leaders: Sequence[str] | None = None,
+) -> RemoteDepartment:
+    """A department as WeCom's department/list returns it (order defaults to the id)."""
+    raw: dict[str, Any] = {"id": id, "name": name or f"Dept {id}", "parentid": parent,
+                           "order": id if order is None else order}
+    if leaders is not None:
+        raw["department_leader"] = list(leaders)
+    return RemoteDepartment.from_api(raw)
+
+
+def remote_member(
+    userid: str, departments: Sequence[int] = (1,), *, status: int = 1, name: str | None = None,
+    main: int | None = None, orders: Sequence[int] | None = None, leaders: Sequence[int] | None = None,
+    **extra: Any,
+) -> RemoteUser:
+    """A member as WeCom's user/list returns it, in ``departments`` (the first one main by default)."""
+    return RemoteUser.from_api({
+        "userid": userid, "name": name or f"{userid.title()} Person", "department": list(departments),
+        "order": list(orders or [0] * len(departments)),
+        "is_leader_in_dept": list(leaders or [0] * len(departments)),
+        "main_department": main or departments[0], "status": status, **extra,
+    })
+
+
+def make_snapshot(
+    departments: Iterable[RemoteDepartment], members: Iterable[RemoteUser], problems: Iterable[str] = (),
+    root: int = 1,
+) -> Snapshot:
+    """A fetched directory of these departments and members; each scope in ``problems`` was unreadable."""
+    snap = Snapshot(root_department_id=root)
+    for d in departments:
+        snap.departments[d.id] = d
+    for u in members:
+        snap.users[u.key] = u
+    for scope in problems:
+        snap.add_problem(scope, 60011, "no privilege")
+    return snap

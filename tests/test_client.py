@@ -15,9 +15,10 @@ from django.core.cache import caches
 from django.test import override_settings
 
 from tests.factories import make_source
-from wecom_sync.client import WeComClient, fetch_snapshot, redact
+from wecom_sync.client import WeComClient, redact
 from wecom_sync.exceptions import ERRCODE_HINTS, WeComAPIError, WeComError, WeComTransportError
 from wecom_sync.simulator import WeComSimulator, generate_organisation
+from wecom_sync.sync.fetch import fetch_snapshot
 
 FAST_RETRIES = {
     "ENCRYPTION_KEYS": ["tests-encryption-key-1"],

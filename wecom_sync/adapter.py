@@ -21,7 +21,7 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 
 from .conf import app_settings, register_cache
-from .snapshot import RemoteUser
+from .sync.snapshot import RemoteUser
 
 if TYPE_CHECKING:
     from .models import SyncSource
@@ -266,18 +266,7 @@ class DefaultWeComAdapter:
             if not self._has_field(field):
                 continue
             values = {v for vals in per_remote.values() for v in vals.get(key, ())}
-            if key == "email" and self._link_calls > 1:
-                # A large run: the email column has no index, so scan it once per run, not once per batch.
-                index = self._email_index(field)
-                pks = {pk for v in values for pk in index.get(v, ())}
-                qs = model._default_manager.filter(pk__in=pks).annotate(_link=Lower(field)) if pks else []
-            elif key in ("email", "username"):
-                # Compared case-insensitively: emails, and usernames matched against case-insensitive userids.
-                qs = model._default_manager.annotate(_link=Lower(field)).filter(
-                    _link__in={v.strip().lower() for v in values}
-                )
-            else:
-                qs = model._default_manager.filter(**{f"{field}__in": values}).annotate(_link=Lower(field))
+            qs = self._link_candidates(key, field, values)
             bucket = found.setdefault(key, {})
             for user in qs:
                 if not comparable(str(getattr(user, field) or "").strip()):
@@ -292,8 +281,8 @@ class DefaultWeComAdapter:
         )
         for remote in remotes:
             candidates: set[int] = set()
-            for key, values in per_remote[remote.key].items():
-                for value in values:
+            for key, remote_values in per_remote[remote.key].items():
+                for value in remote_values:
                     value = value.strip().lower() if key in ("email", "username") else value
                     candidates |= found.get(key, {}).get(value, set())
             candidates -= taken
@@ -311,6 +300,21 @@ class DefaultWeComAdapter:
         """``values`` without what may not be compared (also when a subclass's link_values returns it)."""
         kept = {key: [v for v in vals if v and comparable(v)] for key, vals in values.items()}
         return {key: vals for key, vals in kept.items() if vals}
+
+    def _link_candidates(self, key: str, field: str, values: set[str]) -> Iterable[Any]:
+        """The Django users whose ``field`` holds one of ``values``, each annotated with ``_link``."""
+        model = self.get_user_model()
+        if key == "email" and self._link_calls > 1:
+            # A large run: the email column has no index, so scan it once per run, not once per batch.
+            index = self._email_index(field)
+            pks = {pk for v in values for pk in index.get(v, ())}
+            return model._default_manager.filter(pk__in=pks).annotate(_link=Lower(field)) if pks else []
+        if key in ("email", "username"):
+            # Compared case-insensitively: emails, and usernames matched against case-insensitive userids.
+            return model._default_manager.annotate(_link=Lower(field)).filter(
+                _link__in={v.strip().lower() for v in values}
+            )
+        return model._default_manager.filter(**{f"{field}__in": values}).annotate(_link=Lower(field))
 
     def _email_index(self, field: str) -> dict[str, list[int]]:
         """Lower-cased email -> user pks of every user with an email, read once per adapter instance (run)."""

@@ -36,7 +36,7 @@ from .conf import app_settings
 from .exceptions import WeComAPIError, WeComError, WeComTransportError
 from .internal.secretbox import SecretDecryptionError
 from .models import ExternalDepartment, ExternalUser, SyncRun, SyncSource
-from .snapshot import RemoteUser, normalize_userid
+from .sync.snapshot import RemoteUser, normalize_userid
 
 if TYPE_CHECKING:
     from .client import WeComClient
@@ -187,7 +187,7 @@ def with_current_status(source: SyncSource, ext: ExternalUser, userid: str) -> E
 def provision_member(source: SyncSource, userid: str) -> ExternalUser:
     """Fetch a member not mirrored yet with ``user/get`` and apply it as a sync would (raises LoginError)."""
     from .events import _missing_departments
-    from .sync.apply import apply_remote_objects
+    from .sync.objects import apply_remote_objects
 
     with app_client(source) as client:
         remote = fetch_member(client, userid)

@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 
 from .exceptions import WeComError, gettext_noop
 from .models import CallbackEvent, SyncSource
-from .snapshot import normalize_userid
+from .sync.snapshot import normalize_userid
 
 logger = logging.getLogger("wecom_sync.callback")
 

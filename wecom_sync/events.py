@@ -43,7 +43,7 @@ from .models import (
     SyncRunChange,
     SyncSource,
 )
-from .snapshot import RemoteDepartment, RemoteUser, normalize_userid, payload_digest
+from .sync.snapshot import RemoteDepartment, RemoteUser, normalize_userid, payload_digest
 
 logger = logging.getLogger("wecom_sync.events")
 # Enqueueing happens on the callback's path: its failure is reported with the callback's keys.
@@ -325,7 +325,7 @@ def _take_over_userid(source: SyncSource, run: SyncRun, client: Any, old: str, n
     the old mirror (and so its Django account: identity survives a rename) takes the userid, and the other
     mirror is retired (its account handled by the removal policy, as for any member who left).
     """
-    from .sync.apply import remove_users, rename_user
+    from .sync.objects import remove_users, rename_user
 
     old_key, new_key = normalize_userid(old), normalize_userid(new)
     mirrors = {e.userid_key: e for e in ExternalUser.objects.filter(source=source, userid_key__in=[old_key, new_key])}
@@ -453,7 +453,7 @@ def _earlier_userid(source: SyncSource, client: Any, userid: str) -> str | None:
 def _rename(source: SyncSource, run: SyncRun, client: Any, old: str, new: str, since: int,
             outcome: _Outcome) -> bool:
     """Apply one rename event (identity is the userid and survives renames); return whether it did."""
-    from .sync.apply import rename_user
+    from .sync.objects import rename_user
 
     final = new
     mirrored = set(
@@ -527,7 +527,7 @@ def _apply_users(source: SyncSource, run: SyncRun, group: list[CallbackEvent], o
 def _refresh_users(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, userids: list[str],
                    outcome: _Outcome) -> None:
     """Re-fetch these members and apply them as the full sync would: gone or out of scope means removed."""
-    from .sync.apply import apply_remote_objects, remove_users
+    from .sync.objects import apply_remote_objects, remove_users
 
     found: list[RemoteUser] = []
     gone: list[str] = []
@@ -583,7 +583,7 @@ def _led_departments(source: SyncSource, found: list[RemoteUser], gone: list[str
 def _refresh_departments(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, department_ids: list[int],
                          outcome: _Outcome) -> None:
     """Re-fetch mirrored departments and apply what changed (a gone one is left to its own event)."""
-    from .sync.apply import apply_remote_objects
+    from .sync.objects import apply_remote_objects
 
     departments = []
     for dept_id in department_ids:
@@ -602,7 +602,7 @@ def _apply_departments(
     source: SyncSource, run: SyncRun, group: list[CallbackEvent], outcome: _Outcome
 ) -> None:
     from .client import WeComClient
-    from .sync.apply import apply_remote_objects, remove_departments
+    from .sync.objects import apply_remote_objects, remove_departments
 
     department_id = int(group[0].object_id)
     client = WeComClient.from_source(source)
@@ -636,7 +636,7 @@ def _leave_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, d
     Its mirrored sub-departments outside the subtree go with it; their members are re-fetched, so that a
     member left with no department in the subtree is removed as the full sync would remove them.
     """
-    from .sync.apply import remove_departments
+    from .sync.objects import remove_departments
 
     rows = list(
         ExternalDepartment.objects.filter(source=source, is_removed=False).values_list(
@@ -675,7 +675,7 @@ def _enter_scope(source: SyncSource, run: SyncRun, client: Any, scope: _Scope, d
     already mirrored the department; the full sync would also see the departments below it and their
     members, which get no event of their own.
     """
-    from .sync.apply import apply_remote_objects
+    from .sync.objects import apply_remote_objects
 
     below = [d for d in scope.descendants(department_id) if d != department_id]
     mirrored = set(

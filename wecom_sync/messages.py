@@ -18,7 +18,7 @@ from django.utils.translation import gettext as _
 
 from .exceptions import WeComAPIError, WeComError
 from .models import ExternalDepartment, ExternalTag, ExternalUser, SyncSource
-from .snapshot import normalize_userid
+from .sync.snapshot import normalize_userid
 
 logger = logging.getLogger("wecom_sync.messages")
 

@@ -10,7 +10,7 @@ from django.utils.translation import pgettext_lazy
 
 from .conf import app_settings
 from .fields import RAW_SAVING, EncryptedTextField, Sealed
-from .snapshot import normalize_userid
+from .sync.snapshot import normalize_userid
 
 DEFAULT_API_BASE_URL = "https://qyapi.weixin.qq.com"
 #: What the admin, the run log and the rotation command say when a source's secrets do not decrypt.

@@ -14,9 +14,13 @@ from django.utils.translation import gettext as _
 from .conf import app_settings
 from .models import CallbackEvent, ExternalDepartment, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from .signals import notify, sync_finished
-from .snapshot import normalize_userid
 from .sync import lock, runner
-from .sync.apply import Applier, chunks, load_local_state
+from .sync.applier import Applier
+from .sync.bulk import chunks
+from .sync.local import load_local_state
+from .sync.plan import LocalDepartment, LocalUser
+from .sync.runlog import APPROVED_PREFIX, count_failures, finish_run
+from .sync.snapshot import normalize_userid
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +61,8 @@ def run_full_sync(
         run.force = run.force or force
         run.save(update_fields=["kind", "force"])
     if not source.enabled:
-        run.status = SyncRun.Status.CANCELLED
-        run.finished_at = timezone.now()
-        run.message = _("This source is disabled; enable it to sync.")
-        run.save(update_fields=["status", "finished_at", "message"])
+        finish_run(run, SyncRun.Status.CANCELLED, _("This source is disabled; enable it to sync."),
+                   fields=("status", "finished_at", "heartbeat_at", "message"))
         notify(sync_finished, SyncRun, run=run, source=source)
         return run
     return runner.execute(run, progress=progress)
@@ -123,6 +125,32 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         raise RunStateError(_("Only a held run can be approved (this one is %(status)s).") % {
             "status": run.get_status_display()})
     source = run.source
+    _claim_held_run(run, source)
+    try:
+        applier, requested, removed = _apply_held_removals(run, source)
+        counters = dict(run.counters or {})
+        for key, value in applier.counters.items():
+            counters[APPROVED_PREFIX + key] = value
+        counters[APPROVED_PREFIX + "skipped"] = requested - removed
+        run.counters = counters
+        run.decided_by = user if getattr(user, "pk", None) else None
+        run.decided_at = timezone.now()
+        who = str(user) if user is not None else _("a service call")
+        status = SyncRun.Status.PARTIAL if count_failures(applier.counters) else SyncRun.Status.SUCCEEDED
+        message = _("Approved by %(who)s: %(count)d removal(s) applied.") % {"who": who, "count": removed}
+        finish_run(run, status, message, at=run.decided_at, fields=None)
+        logger.info("wecom_sync.run.approved", extra={"run_id": run.pk, "removals": removed})
+    except Exception:
+        SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(status=SyncRun.Status.HELD)
+        raise
+    finally:
+        lock.release(source, run)
+    notify(sync_finished, SyncRun, run=run, source=source)
+    return run
+
+
+def _claim_held_run(run: SyncRun, source: SyncSource) -> None:
+    """Move a held run to running and take the source's lock, or raise RunStateError (the run stays held)."""
     # Only one decision per held run: the first approve (or reject) to move it out of "held" wins.
     now = timezone.now()
     if not SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.HELD).update(
@@ -134,75 +162,70 @@ def approve_run(run: SyncRun, user: Any = None) -> SyncRun:
         SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(status=SyncRun.Status.HELD)
         run.status = SyncRun.Status.HELD
         raise RunStateError(_("Another sync of this source is running; approve again when it has finished."))
-    try:
-        pending = run.changes.filter(applied=False)
-        user_ids = list(
-            pending.filter(object_type=SyncRunChange.ObjectType.USER, action__in=USER_REMOVAL_ACTIONS)
-            .values_list("external_id", flat=True)
+
+
+def _apply_held_removals(run: SyncRun, source: SyncSource) -> tuple[Applier, int, int]:
+    """Remove what the held run found gone and is still gone; return the applier, users asked and removed."""
+    pending = run.changes.filter(applied=False)
+    user_ids = list(
+        pending.filter(object_type=SyncRunChange.ObjectType.USER, action__in=USER_REMOVAL_ACTIONS)
+        .values_list("external_id", flat=True)
+    )
+    dept_ids = [
+        int(x)
+        for x in pending.filter(
+            object_type=SyncRunChange.ObjectType.DEPARTMENT, action=SyncRunChange.Action.REMOVED
+        ).values_list("external_id", flat=True)
+    ]
+    applier = Applier(source, run, track_progress=True)
+    applier.load_departments()
+    # Each pending removal is decided against the mirror as it is now: an object that WeCom confirmed
+    # (a full sync or an event re-fetch, changed or not) after this run read the directory stays.
+    snapshot_at = run.started_at or run.created_at
+    decided_at = run.finished_at or timezone.now()
+    not_seen_since = Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=snapshot_at)
+    rows, already = _users_still_gone(source, user_ids, not_seen_since, decided_at)
+    depts = _departments_still_gone(source, dept_ids, not_seen_since, decided_at)
+    applier.total = len(rows) + len(depts)
+    applier.remove_user_rows(rows)
+    applier.remove_department_rows(depts)
+    _settle_pending_rows(
+        run, pending, user_ids, {u.userid for u in rows}, dept_ids, {d.department_id for d in depts}, already
+    )
+    return applier, len(user_ids), len(rows)
+
+
+def _users_still_gone(source: SyncSource, user_ids: list[str], not_seen_since: Q,
+                      decided_at: Any) -> tuple[list[LocalUser], set[str]]:
+    """Return the local rows of these users that are still gone, and the userids removed meanwhile."""
+    rows: list[LocalUser] = []
+    already: set[str] = set()  # removed meanwhile (a callback event): nothing left to do
+    # In chunks: a large hold must stay approvable on SQLite, whose queries take at most 32,766 parameters.
+    for keys in chunks(sorted({normalize_userid(u) for u in user_ids}), app_settings.BATCH_SIZE):
+        local = load_local_state(source, user_keys=keys, with_memberships=False)
+        still_gone = set(
+            ExternalUser.objects.filter(
+                not_seen_since, source=source, userid_key__in=keys, is_removed=False, updated_at__lte=decided_at,
+            ).values_list("pk", flat=True)
         )
-        dept_ids = [
-            int(x)
-            for x in pending.filter(
-                object_type=SyncRunChange.ObjectType.DEPARTMENT, action=SyncRunChange.Action.REMOVED
-            ).values_list("external_id", flat=True)
-        ]
-        applier = Applier(source, run, track_progress=True)
-        applier.load_departments()
-        # Each pending removal is decided against the mirror as it is now: an object that WeCom confirmed
-        # (a full sync or an event re-fetch, changed or not) after this run read the directory stays.
-        snapshot_at = run.started_at or run.created_at
-        decided_at = run.finished_at or timezone.now()
-        not_seen_since = Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=snapshot_at)
-        rows = []
-        already: set[str] = set()  # removed meanwhile (a callback event): nothing left to do
-        # In chunks: a large hold must stay approvable on SQLite, whose queries take at most 32,766 parameters.
-        for keys in chunks(sorted({normalize_userid(u) for u in user_ids}), app_settings.BATCH_SIZE):
-            local = load_local_state(source, user_keys=keys, with_memberships=False)
-            still_gone = set(
-                ExternalUser.objects.filter(
-                    not_seen_since, source=source, userid_key__in=keys, is_removed=False, updated_at__lte=decided_at,
-                ).values_list("pk", flat=True)
-            )
-            rows.extend(u for u in local.users.values() if u.pk in still_gone)
-            already.update(u.userid for u in local.users.values() if u.is_removed)
-        gone_depts = set(
-            ExternalDepartment.objects.filter(
-                not_seen_since, source=source, department_id__in=dept_ids, updated_at__lte=decided_at
-            ).values_list("department_id", flat=True)
-        ) if dept_ids else set()
-        depts = [
-            d
-            for d in load_local_state(source, user_keys=[], with_memberships=False).departments.values()
-            if d.department_id in gone_depts and not d.is_removed
-        ]
-        applier.total = len(rows) + len(depts)
-        applier.remove_users(rows)
-        applier.remove_departments(depts)
-        _settle_pending_rows(
-            run, pending, user_ids, {u.userid for u in rows}, dept_ids, {d.department_id for d in depts}, already
-        )
-        counters = dict(run.counters or {})
-        for key, value in applier.counters.items():
-            counters[f"approved_{key}"] = value
-        counters["approved_skipped"] = len(user_ids) - len(rows)
-        run.counters = counters
-        failures = applier.counters.get("users_failed", 0) + applier.counters.get("departments_failed", 0)
-        run.status = SyncRun.Status.PARTIAL if failures else SyncRun.Status.SUCCEEDED
-        run.decided_by = user if getattr(user, "pk", None) else None
-        run.decided_at = timezone.now()
-        run.finished_at = run.decided_at
-        who = str(user) if user is not None else _("a service call")
-        run.message = (run.message + "\n" + _("Approved by %(who)s: %(count)d removal(s) applied.") % {
-            "who": who, "count": len(rows)}).strip()
-        run.save()
-        logger.info("wecom_sync.run.approved", extra={"run_id": run.pk, "removals": len(rows)})
-    except Exception:
-        SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(status=SyncRun.Status.HELD)
-        raise
-    finally:
-        lock.release(source, run)
-    notify(sync_finished, SyncRun, run=run, source=source)
-    return run
+        rows.extend(u for u in local.users.values() if u.pk in still_gone)
+        already.update(u.userid for u in local.users.values() if u.is_removed)
+    return rows, already
+
+
+def _departments_still_gone(source: SyncSource, dept_ids: list[int], not_seen_since: Q,
+                            decided_at: Any) -> list[LocalDepartment]:
+    """Return the local rows of these departments that are still gone."""
+    gone_depts = set(
+        ExternalDepartment.objects.filter(
+            not_seen_since, source=source, department_id__in=dept_ids, updated_at__lte=decided_at
+        ).values_list("department_id", flat=True)
+    ) if dept_ids else set()
+    return [
+        d
+        for d in load_local_state(source, user_keys=[], with_memberships=False).departments.values()
+        if d.department_id in gone_depts and not d.is_removed
+    ]
 
 
 def _settle_pending_rows(run: SyncRun, pending: Any, user_ids: list[str], removed_users: set[str],
@@ -287,7 +310,7 @@ def due_sources(now: Any = None) -> list[SyncSource]:
     sources = SyncSource.objects.filter(enabled=True, sync_interval_minutes__gt=0).annotate(
         last_run=Max("runs__created_at", filter=Q(runs__kind=SyncRun.Kind.FULL))
     )
-    due = []
+    due: list[SyncSource] = []
     busy = set(
         SyncRun.objects.filter(
             status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING], kind=SyncRun.Kind.FULL

@@ -213,8 +213,8 @@ def test_rename_event_after_a_sync_already_mirrored_the_new_userid_keeps_the_mem
     from wecom_sync.callbacks import parse_event, store_event
     from wecom_sync.client import WeComClient
     from wecom_sync.services import run_full_sync
-    from wecom_sync.snapshot import RemoteUser
-    from wecom_sync.sync.apply import apply_remote_objects
+    from wecom_sync.sync.objects import apply_remote_objects
+    from wecom_sync.sync.snapshot import RemoteUser
 
     with WeComSimulator(generate_organisation(users=10, departments=3, seed=10)) as sim:
         source = sim_source(sim)

@@ -8,9 +8,9 @@ from typing import Any
 from django.db.models import Count
 from django.utils.html import format_html
 from django.utils.translation import gettext
-from django.utils.translation import gettext_lazy as _
 
 from ..models import ExternalDepartment, SyncRun, SyncSource
+from ..sync.runlog import COUNTER_LABELS
 
 STATUS_COLOURS = {
     "queued": "#6c757d", "running": "#0d6efd", "succeeded": "#198754", "partial": "#fd7e14",
@@ -26,48 +26,6 @@ def badge(status: str, label: str) -> str:
         'border-radius:10px;font-size:11px;white-space:nowrap">{}</span>',
         status, STATUS_COLOURS.get(status, "#6c757d"), label,
     )
-
-
-COUNTER_LABELS = {
-    "departments_created": _("departments created"),
-    "departments_updated": _("departments updated"),
-    "departments_moved": _("departments moved"),
-    "departments_removed": _("departments removed"),
-    "departments_deleted": _("departments deleted"),
-    "departments_failed": _("departments failed"),
-    "departments_skipped": _("departments skipped"),
-    "departments_unchanged": _("departments unchanged"),
-    "users_created": _("users created"),
-    "users_updated": _("users updated"),
-    "users_moved": _("users moved"),
-    "users_deactivated": _("users deactivated"),
-    "users_reactivated": _("users reactivated"),
-    "users_deleted": _("users deleted"),
-    "users_removed": _("users removed (mapping only)"),
-    "users_skipped": _("users skipped"),
-    "users_failed": _("users failed"),
-    "users_unchanged": _("users unchanged"),
-    "users_renamed": _("userids renamed"),
-    "pending_removals": _("removals pending approval"),
-    "remote_users": _("members in WeCom"),
-    "remote_departments": _("departments in WeCom"),
-    "api_calls": _("API calls"),
-    "fetch_seconds": _("fetch seconds"),
-    "events": _("events"),
-    "event_failed": _("events failed"),
-    "approved_skipped": _("approved removals skipped"),
-    "tags_created": _("tags created"),
-    "tags_updated": _("tags updated"),
-    "tags_removed": _("tags removed"),
-    "tags_reactivated": _("tags reactivated"),
-    "tags_failed": _("tags failed"),
-    "tags_unchanged": _("tags unchanged"),
-    "tags_unreadable": _("tags unreadable"),
-    "remote_tags": _("tags in WeCom"),
-    "tag_groups_created": _("tag groups created"),
-    "tag_group_members_added": _("tag group members added"),
-    "tag_group_members_removed": _("tag group members removed"),
-}
 
 
 def counter_label(key: str) -> str:

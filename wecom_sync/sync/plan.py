@@ -7,12 +7,13 @@ keyed by WeCom ids (department ids, normalised userids); the apply layer maps th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from django.utils.translation import gettext as _
 
-from ..snapshot import RemoteDepartment, RemoteUser, normalize_userid
+from .snapshot import RemoteDepartment, RemoteUser, normalize_userid
 
 #: (order, is_leader, is_main) of one membership.
 MembershipState = tuple[int, bool, bool]
@@ -73,29 +74,76 @@ def as_rows(memberships: Mapping[int, MembershipState]) -> MembershipRows:
 
 
 @dataclass(slots=True)
-class DepartmentOp:
-    """Create, update, move or bring back one department."""
+class _DepartmentOp:
+    """What every operation on one department knows."""
 
     department_id: int
-    action: str  # created / updated / moved / reactivated
     remote: RemoteDepartment
-    local: LocalDepartment | None
     parent_id: int | None  # WeCom id of the desired local parent
-    fields: dict[str, list[Any]]
+    fields: dict[str, Any]  # field -> [old, new]
 
 
 @dataclass(slots=True)
-class UserOp:
-    """Create, update, move, (de)activate or re-key one user."""
+class DepartmentCreate(_DepartmentOp):
+    """Create one department new to the mirror."""
+
+    action: str = "created"
+    local: None = None
+
+
+@dataclass(slots=True)
+class DepartmentUpdate(_DepartmentOp):
+    """Update, move or bring back one department of the mirror."""
+
+    action: str  # updated / moved / reactivated
+    local: LocalDepartment
+
+
+#: One operation on a department (the plan keeps them parents first, creates and updates mixed).
+DepartmentOp = DepartmentCreate | DepartmentUpdate
+
+
+@dataclass(slots=True)
+class _MemberOp:
+    """What every operation on one member knows: the remote member and the synced departments."""
 
     key: str
-    action: str  # created / updated / moved / deactivated / reactivated
     remote: RemoteUser
-    local: LocalUser | None
     digest: str
-    content_changed: bool
     #: the synced department ids (shared by every op of a plan): memberships are derived, not stored
     universe: frozenset[int] | set[int]
+
+    @property
+    def memberships(self) -> dict[int, MembershipState]:
+        """The memberships the member should have: {department id: (order, is_leader, is_main)}."""
+        return desired_memberships(self.remote, self.universe)
+
+
+@dataclass(slots=True)
+class UserCreate(_MemberOp):
+    """Create (or link) the Django user of a member new to the mirror, with all its memberships."""
+
+    action: str = "created"
+    local: None = None
+    content_changed: bool = True
+    renamed_from: None = None
+    added: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
+
+    @property
+    def memberships_changed(self) -> bool:
+        return False
+
+
+@dataclass(slots=True)
+class UserUpdate(_MemberOp):
+    """Update, move, (de)activate or re-key one member of the mirror."""
+
+    action: str  # updated / moved / deactivated / reactivated
+    local: LocalUser
+    content_changed: bool
     added: tuple[int, ...] = ()
     removed: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
@@ -104,13 +152,12 @@ class UserOp:
     kept: tuple[int, ...] = ()
 
     @property
-    def memberships(self) -> dict[int, MembershipState]:
-        """The memberships the member should have: {department id: (order, is_leader, is_main)}."""
-        return desired_memberships(self.remote, self.universe)
-
-    @property
     def memberships_changed(self) -> bool:
         return bool(self.added or self.removed or self.changed)
+
+
+#: One operation on a member.
+UserOp = UserCreate | UserUpdate
 
 
 @dataclass(slots=True)
@@ -130,31 +177,16 @@ class Plan:
     local_active_users: int = 0
 
     @property
-    def user_creates(self) -> list[UserOp]:
-        return [op for op in self.user_ops if op.local is None]
+    def user_creates(self) -> list[UserCreate]:
+        return [op for op in self.user_ops if isinstance(op, UserCreate)]
 
     @property
-    def user_updates(self) -> list[UserOp]:
-        return [op for op in self.user_ops if op.local is not None]
+    def user_updates(self) -> list[UserUpdate]:
+        return [op for op in self.user_ops if isinstance(op, UserUpdate)]
 
     @property
     def is_empty(self) -> bool:
         return not (self.department_ops or self.department_removals or self.user_ops or self.user_removals)
-
-    def summary(self) -> dict[str, int]:
-        """Return counts per object type and action, in the run's counter format."""
-        out: dict[str, int] = {}
-        for op in self.department_ops:
-            out[f"departments_{op.action}"] = out.get(f"departments_{op.action}", 0) + 1
-        for op in self.user_ops:
-            out[f"users_{op.action}"] = out.get(f"users_{op.action}", 0) + 1
-        if self.department_removals:
-            out["departments_removed"] = len(self.department_removals)
-        if self.user_removals:
-            out["users_removed"] = len(self.user_removals)
-        out["departments_unchanged"] = self.unchanged_departments
-        out["users_unchanged"] = self.unchanged_users
-        return out
 
 
 def default_is_active(status: int) -> bool:
@@ -279,7 +311,7 @@ def plan_departments(
         dept = as_stored(dept, row)
         if row is None:
             fields = {"name": [None, dept.name], "parent": [None, parent]}
-            ops.append(DepartmentOp(dept.id, "created", dept, None, parent, fields))
+            ops.append(DepartmentCreate(dept.id, dept, parent, fields))
             continue
         fields = {}
         for name, old, new in (
@@ -301,13 +333,15 @@ def plan_departments(
         else:
             unchanged += 1
             continue
-        ops.append(DepartmentOp(dept.id, action, dept, row, parent, fields))
+        ops.append(DepartmentUpdate(dept.id, dept, parent, fields, action=action, local=row))
     parents = {op.department_id: op.parent_id for op in ops}
     ops.sort(key=lambda op: (_depth(op.department_id, parents), op.department_id))
     return ops, unchanged
 
 
-def desired_memberships(remote: RemoteUser, universe: set[int] | Mapping[int, Any]) -> dict[int, MembershipState]:
+def desired_memberships(
+    remote: RemoteUser, universe: AbstractSet[int] | Mapping[int, Any]
+) -> dict[int, MembershipState]:
     """The memberships a remote user should have among the synced departments."""
     return {
         dept: (order, leader, main)
@@ -338,13 +372,14 @@ def plan_users(
         wanted = desired_memberships(user, universe)
         digest = user.digest
         if row is None:
-            ops.append(UserOp(key, "created", user, None, digest, True, universe))
+            ops.append(UserCreate(key, user, digest, universe))
             continue
         content_changed = row.digest != digest or row.userid != user.userid
         kept: tuple[int, ...] = ()
-        if local_memberships.get(key, ()) == as_rows(wanted):
-            added = removed = changed = ()
-        else:
+        added: tuple[int, ...] = ()
+        removed: tuple[int, ...] = ()
+        changed: tuple[int, ...] = ()
+        if local_memberships.get(key, ()) != as_rows(wanted):
             current = local.memberships_of(key)
             added = tuple(sorted(set(wanted) - set(current)))
             removed = tuple(sorted(set(current) - set(wanted)))
@@ -368,8 +403,8 @@ def plan_users(
         else:
             unchanged += 1
             continue
-        ops.append(UserOp(key, action, user, row, digest, content_changed, universe, added, removed, changed,
-                          kept=kept))
+        ops.append(UserUpdate(key, user, digest, universe, action=action, local=row, content_changed=content_changed,
+                              added=added, removed=removed, changed=changed, kept=kept))
     return ops, unchanged
 
 
@@ -493,7 +528,7 @@ def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local:
     """
     if not plan.user_removals:
         return 0
-    creates = [op for op in plan.user_ops if op.local is None]
+    creates = plan.user_creates
     if not creates:
         return 0
     index: dict[tuple[str, str], list[str]] = {}
@@ -515,31 +550,38 @@ def detect_renames(plan: Plan, contacts: Mapping[str, Mapping[str, Any]], local:
     if not pairs:
         return 0
     removed_keys = set(pairs.values())
-    for op in plan.user_ops:
-        old_key = pairs.get(op.key)
+    for position, new_op in enumerate(plan.user_ops):
+        old_key = pairs.get(new_op.key)
         if old_key is None:
             continue
         row = local.users[old_key]
         current = local.memberships_of(old_key)
-        wanted = op.memberships
-        op.local = row
-        op.renamed_from = row.userid
-        op.action = "reactivated" if row.is_removed else "updated"
-        op.content_changed = True
-        op.added = tuple(sorted(set(wanted) - set(current)))
-        op.removed = tuple(sorted(set(current) - set(wanted)))
-        op.changed = tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d]))
+        wanted = new_op.memberships
+        plan.user_ops[position] = UserUpdate(
+            new_op.key, new_op.remote, new_op.digest, new_op.universe,
+            action="reactivated" if row.is_removed else "updated",
+            local=row,
+            content_changed=True,
+            added=tuple(sorted(set(wanted) - set(current))),
+            removed=tuple(sorted(set(current) - set(wanted))),
+            changed=tuple(sorted(d for d in set(wanted) & set(current) if wanted[d] != current[d])),
+            renamed_from=row.userid,
+        )
     plan.user_removals = [u for u in plan.user_removals if u.key not in removed_keys]
     return len(pairs)
 
 
 __all__ = [
+    "DepartmentCreate",
     "DepartmentOp",
+    "DepartmentUpdate",
     "LocalDepartment",
     "LocalState",
     "LocalUser",
     "Plan",
+    "UserCreate",
     "UserOp",
+    "UserUpdate",
     "as_rows",
     "build_full_plan",
     "build_plan",

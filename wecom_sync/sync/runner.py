@@ -8,20 +8,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ..adapter import get_adapter
+from ..adapter import DefaultWeComAdapter, get_adapter
 from ..exceptions import WeComError
 from ..internal.secretbox import SecretDecryptionError
-from ..models import SECRETS_UNREADABLE_MESSAGE, ExternalUser, SyncRun, SyncSource
+from ..models import SECRETS_UNREADABLE_MESSAGE, ExternalUser, SyncRun, SyncRunChange, SyncSource
 from ..signals import notify, sync_finished
-from ..snapshot import Snapshot
 from . import lock
-from .apply import Applier, iter_local_users, load_contacts, load_local_departments
-from .plan import build_full_plan, detect_renames, exceeds_threshold
-from .tags import apply_tag_snapshot
+from .applier import Applier
+from .fetch import fetch_snapshot
+from .local import iter_local_users, load_contacts, load_local_departments
+from .plan import Plan, build_full_plan, detect_renames, exceeds_threshold
+from .runlog import UNCHANGED, count_failures, counter_key, finish_run
+from .snapshot import Snapshot
+from .tags import TagResult, apply_tag_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +38,6 @@ HEARTBEAT_EVERY = 2.0
 
 def fetch(source: SyncSource, progress: Callable[[int, int], None] | None = None) -> Snapshot:
     """Fetch the complete directory of ``source`` (the one place the engine talks to WeCom)."""
-    from ..client import fetch_snapshot
-
     return fetch_snapshot(source, progress=progress)
 
 
@@ -124,21 +126,6 @@ def readable_departments(snapshot: Snapshot) -> set[int] | None:
     return set(snapshot.departments) - unread
 
 
-def _finish(run: SyncRun, status: str, message: str = "") -> SyncRun:
-    run.status = status
-    run.finished_at = timezone.now()
-    run.heartbeat_at = run.finished_at
-    if message:
-        run.message = (run.message + "\n" + message).strip() if run.message else message
-    run.save(
-        update_fields=[
-            "status", "finished_at", "heartbeat_at", "message", "counters", "progress_done", "progress_total",
-            "snapshot_complete", "started_at",
-        ]
-    )
-    return run
-
-
 def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRun:
     """Run a queued full sync or dry run to its end and return it (never raises for a sync failure)."""
     source = run.source
@@ -156,7 +143,7 @@ def execute(run: SyncRun, *, progress: ProgressCallback | None = None) -> SyncRu
     run.status, run.heartbeat_at = SyncRun.Status.RUNNING, now
     if not dry_run and not lock.acquire(source, run):
         holder = lock.holder(source)
-        _finish(
+        finish_run(
             run,
             SyncRun.Status.CANCELLED,
             _("Another sync of this source is running (run #%(run)s); this one was not started.") % {"run": holder},
@@ -185,13 +172,14 @@ def _execute_locked(run: SyncRun, source: SyncSource, dry_run: bool, progress: P
         snapshot = fetch(source, _Heartbeat(run, progress))
     except WeComError as exc:
         logger.warning("wecom_sync.run.fetch_failed", extra={"run_id": run.pk, "error_type": type(exc).__name__})
-        return _finish(run, SyncRun.Status.FAILED, _("The directory could not be fetched: %(error)s") % {"error": exc})
+        message = _("The directory could not be fetched: %(error)s") % {"error": exc}
+        return finish_run(run, SyncRun.Status.FAILED, message)
     except SecretDecryptionError:
         logger.error("wecom_sync.run.secrets_unreadable", extra={"run_id": run.pk, "source_id": source.pk})
-        return _finish(run, SyncRun.Status.FAILED, str(SECRETS_UNREADABLE_MESSAGE))
+        return finish_run(run, SyncRun.Status.FAILED, str(SECRETS_UNREADABLE_MESSAGE))
     except Exception as exc:  # noqa: BLE001 - the run must end with a status, whatever happened
         logger.exception("wecom_sync.run.fetch_crashed", extra={"run_id": run.pk})
-        return _finish(run, SyncRun.Status.FAILED, _("The fetch failed unexpectedly (%(type)s).") % {
+        return finish_run(run, SyncRun.Status.FAILED, _("The fetch failed unexpectedly (%(type)s).") % {
             "type": type(exc).__name__})
     fetch_seconds = time.monotonic() - started
     run.snapshot_complete = snapshot.complete
@@ -199,7 +187,7 @@ def _execute_locked(run: SyncRun, source: SyncSource, dry_run: bool, progress: P
         return _plan_and_apply(run, source, snapshot, dry_run, progress, fetch_seconds)
     except Exception as exc:  # noqa: BLE001 - a crash in apply still ends the run, as failed
         logger.exception("wecom_sync.run.apply_crashed", extra={"run_id": run.pk})
-        return _finish(run, SyncRun.Status.FAILED, _("The sync failed unexpectedly (%(type)s: %(error)s).") % {
+        return finish_run(run, SyncRun.Status.FAILED, _("The sync failed unexpectedly (%(type)s: %(error)s).") % {
             "type": type(exc).__name__, "error": str(exc)[:500]})
 
 
@@ -212,6 +200,48 @@ def _plan_and_apply(
     fetch_seconds: float,
 ) -> SyncRun:
     adapter = get_adapter()
+    plan, renames = _plan(run, source, snapshot, adapter)
+    held = plan.removals_allowed and not run.force and exceeds_threshold(
+        len(plan.user_removals),
+        plan.local_active_users,
+        count=source.removal_threshold_count,
+        percent=source.removal_threshold_percent,
+    )
+    applier = Applier(
+        source,
+        run,
+        dry_run=dry_run,
+        adapter=adapter,
+        track_progress=True,
+        on_progress=(lambda done, total: progress("apply", done, total)) if progress else None,
+    )
+    applier.apply(plan, hold_removals=held)
+    applier.heal_shared_accounts()
+    tags = apply_tag_snapshot(source, run, snapshot.tags, dry_run=dry_run)  # after users: tags link to them
+    counters = _counters(applier, tags, plan, snapshot, renames, fetch_seconds)
+    run.counters = counters
+    run.progress_done = applier.done
+    run.progress_total = max(applier.total, applier.done)
+    failures = count_failures(counters)
+    messages = _messages(source, snapshot, tags, plan, failures=failures, held=held, dry_run=dry_run)
+    if held and not dry_run:
+        status = SyncRun.Status.HELD
+    elif not snapshot.complete or not tags.complete or failures:
+        status = SyncRun.Status.PARTIAL
+    else:
+        status = SyncRun.Status.SUCCEEDED
+    finish_run(run, status, "\n".join(str(m) for m in messages))
+    if not dry_run:
+        _supersede_held(source, run)
+    logger.info(
+        "wecom_sync.run.finished",
+        extra={"run_id": run.pk, "source_id": source.pk, "status": run.status, "counters": counters},
+    )
+    return run
+
+
+def _plan(run: SyncRun, source: SyncSource, snapshot: Snapshot, adapter: DefaultWeComAdapter) -> tuple[Plan, int]:
+    """Diff the snapshot against the local mirror; return the plan and how many userids were renamed."""
     departments = load_local_departments(source)
     plan, gone = build_full_plan(
         snapshot.departments,
@@ -229,42 +259,28 @@ def _plan_and_apply(
             "pk", flat=True))
         plan.user_removals = [u for u in plan.user_removals if u.pk not in fresh]
     renames = 0
-    if plan.user_removals and any(op.local is None for op in plan.user_ops):
+    if plan.user_removals and plan.user_creates:
         renames = detect_renames(plan, load_contacts(source, [u.key for u in plan.user_removals]), gone)
-    del departments, gone
-    held = (
-        plan.removals_allowed
-        and not run.force
-        and exceeds_threshold(
-            len(plan.user_removals),
-            plan.local_active_users,
-            count=source.removal_threshold_count,
-            percent=source.removal_threshold_percent,
-        )
-    )
-    applier = Applier(
-        source,
-        run,
-        dry_run=dry_run,
-        adapter=adapter,
-        track_progress=True,
-        on_progress=(lambda done, total: progress("apply", done, total)) if progress else None,
-    )
-    applier.apply(plan, hold_removals=held)
-    applier.heal_shared_accounts()
-    tags = apply_tag_snapshot(source, run, snapshot.tags, dry_run=dry_run)  # after users: tags link to them
-    counters = dict(sorted({**applier.counters, **tags.counters}.items()))
-    counters["departments_unchanged"] = plan.unchanged_departments
-    counters["users_unchanged"] = plan.unchanged_users
+    return plan, renames
+
+
+def _counters(applier: Applier, tags: TagResult, plan: Plan, snapshot: Snapshot, renames: int,
+              fetch_seconds: float) -> dict[str, Any]:
+    """The run's counters: what was applied, what was found unchanged, and what the fetch saw."""
+    counters: dict[str, Any] = dict(sorted({**applier.counters, **tags.counters}.items()))
+    counters[counter_key(SyncRunChange.ObjectType.DEPARTMENT, UNCHANGED)] = plan.unchanged_departments
+    counters[counter_key(SyncRunChange.ObjectType.USER, UNCHANGED)] = plan.unchanged_users
     counters["users_renamed"] = renames
     counters["remote_users"] = len(snapshot.users)
     counters["remote_departments"] = len(snapshot.departments)
     counters["api_calls"] = snapshot.api_calls
     counters["fetch_seconds"] = round(fetch_seconds, 3)
-    run.counters = counters
-    run.progress_done = applier.done
-    run.progress_total = max(applier.total, applier.done)
-    failures = counters.get("users_failed", 0) + counters.get("departments_failed", 0) + counters.get("tags_failed", 0)
+    return counters
+
+
+def _messages(source: SyncSource, snapshot: Snapshot, tags: TagResult, plan: Plan, *, failures: int, held: bool,
+              dry_run: bool) -> list[str]:
+    """The lines of the run's message: what was incomplete, what failed, what is held."""
     messages = []
     if not snapshot.complete:
         messages.append(_problems_message(snapshot))
@@ -292,25 +308,17 @@ def _plan_and_apply(
                 "percent": source.removal_threshold_percent,
             }
         )
-    if held and not dry_run:
-        status = SyncRun.Status.HELD
-    elif not snapshot.complete or not tags.complete or failures:
-        status = SyncRun.Status.PARTIAL
-    else:
-        status = SyncRun.Status.SUCCEEDED
     if dry_run:
         messages.insert(0, _("Dry run: nothing was applied; the changes below are the plan."))
-    _finish(run, status, "\n".join(str(m) for m in messages))
-    if not dry_run:
-        SyncSource.objects.filter(pk=source.pk).update(last_synced_at=run.finished_at)
-        superseded = SyncRun.objects.filter(source=source, status=SyncRun.Status.HELD, pk__lt=run.pk)
-        superseded.update(
-            status=SyncRun.Status.CANCELLED,
-            message=_("Superseded by run #%(run)s: a newer sync ran before this one was decided.") % {"run": run.pk},
-            finished_at=timezone.now(),
-        )
-    logger.info(
-        "wecom_sync.run.finished",
-        extra={"run_id": run.pk, "source_id": source.pk, "status": run.status, "counters": counters},
+    return messages
+
+
+def _supersede_held(source: SyncSource, run: SyncRun) -> None:
+    """Record the sync time and cancel the held runs older than ``run``: this one decided afresh."""
+    SyncSource.objects.filter(pk=source.pk).update(last_synced_at=run.finished_at)
+    superseded = SyncRun.objects.filter(source=source, status=SyncRun.Status.HELD, pk__lt=run.pk)
+    superseded.update(
+        status=SyncRun.Status.CANCELLED,
+        message=_("Superseded by run #%(run)s: a newer sync ran before this one was decided.") % {"run": run.pk},
+        finished_at=timezone.now(),
     )
-    return run

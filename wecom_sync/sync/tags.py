@@ -31,11 +31,13 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ..callbacks import TAG_CHANGE_TYPES
+from ..client import WeComClient
 from ..conf import app_settings
 from ..exceptions import WeComAPIError
 from ..models import ExternalDepartment, ExternalMembership, ExternalTag, ExternalUser, SyncRun, SyncRunChange
-from ..snapshot import FetchProblem, RemoteTag, TagSnapshot, normalize_userid
-from .apply import CHANGE_COLUMNS, chunks, insert_rows
+from .bulk import CHANGE_COLUMNS, chunks, insert_rows
+from .runlog import UNCHANGED, counter_key
+from .snapshot import FetchProblem, RemoteTag, TagSnapshot, normalize_userid
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +105,16 @@ class _TagWriter:
             self.user_pk.update(ExternalUser.objects.filter(
                 source=self.source, is_removed=False, userid_key__in=part).values_list("userid_key", "pk"))
         ids = sorted({d for t in tags for d in t.department_ids} - set(self.dept_pk))
-        for part in chunks(ids, _IN_CHUNK):
+        for id_part in chunks(ids, _IN_CHUNK):
             self.dept_pk.update(ExternalDepartment.objects.filter(
-                source=self.source, is_removed=False, department_id__in=part).values_list("department_id", "pk"))
+                source=self.source, is_removed=False, department_id__in=id_part).values_list("department_id", "pk"))
 
     def change(self, tag_id: int, action: str, name: str, fields: dict[str, Any] | None = None,
                error: str = "") -> None:
         applied = not self.dry_run and action != Action.FAILED
         self.changes.append((self.run.pk, SyncRunChange.ObjectType.TAG, str(tag_id), name[:255], action,
                              dict(fields or {}), error, applied, timezone.now()))
-        self.counters[f"tags_{action}"] += 1
+        self.counters[counter_key(SyncRunChange.ObjectType.TAG, action)] += 1
 
     def flush(self) -> None:
         """Write the recorded changes."""
@@ -151,7 +153,7 @@ class _TagWriter:
         if depts != old_depts:
             fields["departments"] = {"added": len(depts - old_depts), "removed": len(old_depts - depts)}
         if local is not None and not local.is_removed and not fields and local.digest == remote.digest:
-            self.counters["tags_unchanged"] += 1
+            self.counters[counter_key(SyncRunChange.ObjectType.TAG, UNCHANGED)] += 1
             return
         if self.dry_run:
             self.change(remote.id, action, remote.name, fields)
@@ -244,9 +246,7 @@ def apply_tag_snapshot(source: Any, run: SyncRun, tags: TagSnapshot | None, *, d
 # -- events ----------------------------------------------------------------------------------------------
 
 
-def _client(source: Any) -> Any:
-    from ..client import WeComClient
-
+def _client(source: Any) -> WeComClient:
     return WeComClient.from_source(source, credential="app" if source.secret else "contact_sync")
 
 
@@ -330,7 +330,7 @@ def refresh_after_events(source: Any, run: SyncRun, kind: str, events: Iterable[
         writer.apply(remote, tag, (users[tag.pk], depts[tag.pk]))
     writer.flush()
     counters = Counter(writer.counters)
-    counters.pop("tags_unchanged", None)
+    counters.pop(counter_key(SyncRunChange.ObjectType.TAG, UNCHANGED), None)
     affected |= writer.touched
     if app_settings.MIRROR_TAGS and affected:
         counters.update(sync_tag_groups(source, [t for t in tags if t.pk in affected]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -12,25 +13,27 @@ from django.utils.translation import gettext_noop
 
 from wecom_sync import services
 from wecom_sync.models import SyncRun, SyncSource
+from wecom_sync.sync.runlog import COUNTER_LABELS
 
 PHASES = {"fetch": gettext_noop("fetch"), "apply": gettext_noop("apply")}
+#: The counters the summary prints, in this order (labels: ``runlog.COUNTER_LABELS``).
 SUMMARY_KEYS = (
-    ("departments_created", gettext_noop("departments created")),
-    ("departments_updated", gettext_noop("departments updated")),
-    ("departments_moved", gettext_noop("departments moved")),
-    ("departments_removed", gettext_noop("departments removed")),
-    ("users_created", gettext_noop("users created")),
-    ("users_updated", gettext_noop("users updated")),
-    ("users_moved", gettext_noop("users moved")),
-    ("users_deactivated", gettext_noop("users deactivated")),
-    ("users_reactivated", gettext_noop("users reactivated")),
-    ("users_deleted", gettext_noop("users deleted")),
-    ("users_removed", gettext_noop("users removed (mapping only)")),
-    ("users_skipped", gettext_noop("users skipped")),
-    ("users_failed", gettext_noop("users failed")),
-    ("departments_failed", gettext_noop("departments failed")),
-    ("pending_removals", gettext_noop("removals pending approval")),
-    ("users_unchanged", gettext_noop("users unchanged")),
+    "departments_created",
+    "departments_updated",
+    "departments_moved",
+    "departments_removed",
+    "users_created",
+    "users_updated",
+    "users_moved",
+    "users_deactivated",
+    "users_reactivated",
+    "users_deleted",
+    "users_removed",
+    "users_skipped",
+    "users_failed",
+    "departments_failed",
+    "pending_removals",
+    "users_unchanged",
 )
 
 
@@ -101,11 +104,12 @@ class Command(BaseCommand):
 
     def print_summary(self, run: SyncRun) -> None:
         """Print a table of the run's counters and its message."""
-        style = {
+        styles: dict[str, Callable[[str], str]] = {
             SyncRun.Status.SUCCEEDED: self.style.SUCCESS,
             SyncRun.Status.PARTIAL: self.style.WARNING,
             SyncRun.Status.HELD: self.style.WARNING,
-        }.get(run.status, self.style.ERROR)
+        }
+        style = styles.get(str(run.status), self.style.ERROR)
         duration = run.duration.total_seconds() if run.duration else 0.0
         self.stdout.write(style(
             _("%(source)s: run #%(id)s %(kind)s %(status)s in %(seconds).1fs") % {
@@ -114,7 +118,7 @@ class Command(BaseCommand):
             }
         ))
         counters = run.counters or {}
-        rows = [(_(label), counters.get(key, 0)) for key, label in SUMMARY_KEYS if counters.get(key)]
+        rows = [(str(COUNTER_LABELS[key]), counters[key]) for key in SUMMARY_KEYS if counters.get(key)]
         if rows:
             width = max(len(str(label)) for label, _value in rows)
             for label, value in rows:

@@ -1,4 +1,4 @@
-"""Tests of the apply layer, the adapter, the lock and the services with hand-built snapshots."""
+"""The writers (wecom_sync.sync.applier and its parts), the adapter and the services, with hand-built snapshots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from tests.factories import make_snapshot as snapshot
 from tests.factories import make_source
+from tests.factories import remote_department as dept
+from tests.factories import remote_member as member
 from wecom_sync import services, signals
 from wecom_sync.adapter import DefaultWeComAdapter, get_adapter
 from wecom_sync.models import (
@@ -23,152 +26,17 @@ from wecom_sync.models import (
     SyncRunChange,
     SyncSource,
 )
-from wecom_sync.snapshot import RemoteDepartment, RemoteUser, Snapshot
-from wecom_sync.sync import apply, lock, runner
+from wecom_sync.sync import applier, bulk, departments, local, lock, objects, runner
 
 User = get_user_model()
 KEYS = ["tests-encryption-key-1"]
 
 
-def dept(id, parent=1, name=None):  # noqa: A002
-    return RemoteDepartment.from_api({"id": id, "name": name or f"Dept {id}", "parentid": parent, "order": id})
-
-
-def member(userid, departments=(1,), status=1, name=None, **extra):
-    return RemoteUser.from_api({
-        "userid": userid, "name": name or f"{userid.title()} Person", "department": list(departments),
-        "order": [0] * len(departments), "is_leader_in_dept": [0] * len(departments),
-        "main_department": departments[0], "status": status, **extra,
-    })
-
-
 ROOT = dept(1, parent=0, name="Root")
-
-
-def snapshot(depts, users, problems=()):
-    snap = Snapshot(root_department_id=1)
-    for d in depts:
-        snap.departments[d.id] = d
-    for u in users:
-        snap.users[u.key] = u
-    for scope in problems:
-        snap.add_problem(scope, 60011, "no privilege")
-    return snap
-
-
-@pytest.fixture
-def source(db):
-    return make_source(removal_threshold_count=1000, removal_threshold_percent=100)
-
-
-@pytest.fixture
-def run(source):
-    return SyncRun.objects.create(source=source, kind=SyncRun.Kind.EVENTS, status=SyncRun.Status.RUNNING)
-
-
-@pytest.fixture
-def fake_fetch(monkeypatch):
-    """Serve a hand-built snapshot from runner.fetch (the engine's one door to WeCom)."""
-    box = {}
-
-    def fetch(source, progress=None):
-        if progress:
-            progress(1, 1)
-        return box["snapshot"]
-
-    monkeypatch.setattr(runner, "fetch", fetch)
-    return box
 
 
 def ext(source, userid):
     return ExternalUser.objects.select_related("user").get(source=source, userid_key=userid.lower())
-
-
-# -- event-facing functions ---------------------------------------------------------------------------------
-
-
-def test_apply_remote_objects_creates_updates_and_is_idempotent(source, run):
-    counters = apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("amy", (2,))])
-    assert counters == {"departments_created": 2, "users_created": 1}
-    amy = ext(source, "amy")
-    assert amy.user.username == "amy" and amy.user.first_name == "Amy" and amy.user.last_name == "Person"
-    assert ExternalDepartment.objects.get(source=source, department_id=2).parent.department_id == 1
-    assert list(amy.memberships.values_list("department__department_id", "is_main")) == [(2, True)]
-    assert apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("amy", (2,))]) == {}
-    counters = apply.apply_remote_objects(source, run, users=[member("AMY", (1, 2), name="Amy Li")])
-    assert counters == {"users_updated": 1}
-    amy = ext(source, "amy")
-    assert amy.userid == "AMY" and amy.user.username == "amy"  # the username is frozen once assigned
-    assert amy.user.last_name == "Li"
-    assert sorted(amy.memberships.values_list("department__department_id", flat=True)) == [1, 2]
-    change = run.changes.filter(action="updated").get()
-    assert change.fields["name"] == ["Amy Person", "Amy Li"] and change.fields["memberships"]["added"] == [1]
-
-
-def test_apply_remote_objects_never_removes_anything_else(source, run):
-    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("a"), member("b")])
-    apply.apply_remote_objects(source, run, users=[member("c")])
-    assert ExternalUser.objects.filter(source=source, is_removed=False).count() == 3
-    assert User.objects.filter(is_active=True).count() == 3
-
-
-@pytest.mark.parametrize(
-    ("policy", "action", "active", "exists"),
-    [("deactivate", "deactivated", False, True), ("delete", "deleted", None, False), ("ignore", "removed", True, True)],
-)
-def test_remove_users_applies_the_policy(source, run, policy, action, active, exists):
-    source.removal_policy = policy
-    source.save()
-    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("gone"), member("stay")])
-    user_pk = ext(source, "gone").user_id
-    counters = apply.remove_users(source, run, ["GONE"])
-    assert counters == {f"users_{action}": 1}
-    gone = ExternalUser.objects.get(source=source, userid_key="gone")
-    assert gone.is_removed and gone.removed_at is not None
-    assert not gone.memberships.exists()
-    assert User.objects.filter(pk=user_pk).exists() is exists
-    if exists:
-        assert User.objects.get(pk=user_pk).is_active is active
-    assert ext(source, "stay").user.is_active
-    # reappearing reactivates (a deleted account is provisioned again)
-    assert apply.apply_remote_objects(source, run, users=[member("gone")]) == {"users_reactivated": 1}
-    gone = ext(source, "gone")
-    assert not gone.is_removed and gone.user.is_active and gone.memberships.count() == 1
-    if exists:
-        assert gone.user_id == user_pk
-
-
-def test_superuser_is_never_deactivated(source, run):
-    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("root")])
-    user = ext(source, "root").user
-    User.objects.filter(pk=user.pk).update(is_superuser=True)
-    apply.apply_remote_objects(source, run, users=[member("root", status=5)])
-    assert apply.remove_users(source, run, ["root"]) == {"users_skipped": 1}
-    user.refresh_from_db()
-    assert user.is_active
-
-
-def test_remove_departments_keeps_users(source, run):
-    apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("u", (1, 2))])
-    assert apply.remove_departments(source, run, [2]) == {"departments_removed": 1}
-    assert ExternalDepartment.objects.get(source=source, department_id=2).is_removed
-    u = ext(source, "u")
-    assert not u.is_removed and u.user.is_active
-    assert list(u.memberships.values_list("department__department_id", flat=True)) == [1]
-
-
-def test_rename_user_rekeys_the_same_django_user(source, run):
-    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("old"), member("taken")])
-    user_pk = ext(source, "old").user_id
-    assert apply.rename_user(source, run, "old", "New") is True
-    renamed = ext(source, "new")
-    assert renamed.user_id == user_pk and renamed.userid == "New" and renamed.user.username == "old"
-    assert not ExternalUser.objects.filter(source=source, userid_key="old").exists()
-    assert apply.rename_user(source, run, "new", "taken") is False
-    assert run.changes.filter(action="failed", external_id="taken").exists()
-    assert apply.rename_user(source, run, "nobody", "x") is False
-    # the payload of the renamed member then updates, not creates
-    assert apply.apply_remote_objects(source, run, users=[member("New")]) == {"users_updated": 1}
 
 
 # -- the adapter --------------------------------------------------------------------------------------------
@@ -176,21 +44,21 @@ def test_rename_user_rekeys_the_same_django_user(source, run):
 
 def test_username_collision_gets_a_deterministic_suffix(source, run):
     User.objects.create_user("zoe", password="x")
-    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("zoe")])
+    objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("zoe")])
     username = ext(source, "zoe").user.username
     assert username.startswith("zoe-") and len(username) == len("zoe-") + 6
     other = make_source(corp_id=source.corp_id)
     run2 = SyncRun.objects.create(source=other, kind=SyncRun.Kind.EVENTS)
     User.objects.filter(username=username).update(username="moved-away")
-    apply.apply_remote_objects(other, run2, departments=[ROOT], users=[member("zoe")])
+    objects.apply_remote_objects(other, run2, departments=[ROOT], users=[member("zoe")])
     assert ext(other, "zoe").user.username == username  # same corp and userid, same suffix
 
 
 def test_email_prefers_biz_mail_and_empty_values_never_erase(source, run):
-    apply.apply_remote_objects(source, run, departments=[ROOT],
+    objects.apply_remote_objects(source, run, departments=[ROOT],
                                users=[member("em", email="me@home.example", biz_mail="me@corp.example")])
     assert ext(source, "em").user.email == "me@corp.example"
-    apply.apply_remote_objects(source, run, users=[member("em", email="", biz_mail="", name="")])
+    objects.apply_remote_objects(source, run, users=[member("em", email="", biz_mail="", name="")])
     user = ext(source, "em").user
     assert user.email == "me@corp.example" and user.first_name == "Em"
 
@@ -198,7 +66,7 @@ def test_email_prefers_biz_mail_and_empty_values_never_erase(source, run):
 @pytest.mark.parametrize(("setting", "expected"), [(True, True), (False, False)])
 def test_not_activated_status_follows_the_setting(source, run, setting, expected):
     with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "NOT_ACTIVATED_USERS_ACTIVE": setting}):
-        apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("inv", status=4)])
+        objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("inv", status=4)])
         assert ext(source, "inv").user.is_active is expected
     assert [get_adapter().is_active_for_status(s) for s in (1, 2, 5)] == [True, False, False]
 
@@ -214,7 +82,7 @@ def test_linking_existing_users(source, run):
         member("noemail"),
         member("twin", email="twin@corp.example"),
     ]
-    counters = apply.apply_remote_objects(source, run, departments=[ROOT], users=users)
+    counters = objects.apply_remote_objects(source, run, departments=[ROOT], users=users)
     assert counters == {"departments_created": 1, "users_created": 2, "users_failed": 1}
     assert ext(source, "leg").user_id == existing.pk
     assert ext(source, "noemail").user.username == "noemail"  # never linked on an empty value
@@ -222,14 +90,14 @@ def test_linking_existing_users(source, run):
     failed = run.changes.get(action="failed")
     assert failed.external_id == "twin" and "2 existing users" in failed.error
     # a user already linked to another member is not a candidate
-    apply.apply_remote_objects(source, run, users=[member("leg2", email="legacy@corp.example")])
+    objects.apply_remote_objects(source, run, users=[member("leg2", email="legacy@corp.example")])
     assert ext(source, "leg2").user_id != existing.pk
 
 
 def test_link_by_username(source, run):
     existing = User.objects.create_user("kim")
     with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "LINK_EXISTING_BY": ["username"]}):
-        apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("kim")])
+        objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("kim")])
     assert ext(source, "kim").user_id == existing.pk
 
 
@@ -245,7 +113,7 @@ class NullEmailAdapter(DefaultWeComAdapter):
 
 def test_one_bad_object_fails_alone_and_the_run_ends_partial(source, fake_fetch):
     fake_fetch["snapshot"] = snapshot([ROOT], [member("ok1"), member("broken"), member("ok2")])
-    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "ADAPTER": "tests.test_sync_apply.NullEmailAdapter"}):
+    with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "ADAPTER": "tests.sync.test_apply.NullEmailAdapter"}):
         run = services.run_full_sync(source)
     assert run.status == SyncRun.Status.PARTIAL
     assert set(ExternalUser.objects.filter(source=source).values_list("userid", flat=True)) == {"ok1", "ok2"}
@@ -267,11 +135,11 @@ def test_signals_notify(source, run):
     for s in hooks:
         s.connect(receiver)
     try:
-        apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("sig")])
-        apply.apply_remote_objects(source, run, users=[member("sig", name="Sig Renamed")])
-        apply.apply_remote_objects(source, run, users=[member("sig", status=2, name="Sig Renamed")])
-        apply.apply_remote_objects(source, run, users=[member("sig", status=1, name="Sig Renamed")])
-        apply.remove_users(source, run, ["sig"])
+        objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("sig")])
+        objects.apply_remote_objects(source, run, users=[member("sig", name="Sig Renamed")])
+        objects.apply_remote_objects(source, run, users=[member("sig", status=2, name="Sig Renamed")])
+        objects.apply_remote_objects(source, run, users=[member("sig", status=1, name="Sig Renamed")])
+        objects.remove_users(source, run, ["sig"])
     finally:
         for s in hooks:
             s.disconnect(receiver)
@@ -287,41 +155,21 @@ def test_signals_notify(source, run):
 def test_mirrored_groups_follow_departments_and_leave_others_alone(source, run):
     with override_settings(WECOM_SYNC={"ENCRYPTION_KEYS": KEYS, "MIRROR_GROUPS": True}):
         Group.objects.create(name="Dept 2")  # a name clash with a group the source did not create
-        apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("g", (2,))])
-        apply.Applier(source, run).ensure_groups()
+        objects.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=[member("g", (2,))])
+        applier.Applier(source, run).ensure_groups()
         d2 = ExternalDepartment.objects.get(source=source, department_id=2)
         assert d2.group is not None and d2.group.name != "Dept 2"
         user = ext(source, "g").user
         assert d2.group in user.groups.all()
-        apply.apply_remote_objects(source, run, departments=[dept(2, name="Sales")])
+        objects.apply_remote_objects(source, run, departments=[dept(2, name="Sales")])
         d2.group.refresh_from_db()
         assert d2.group.name == "Sales"
-        apply.apply_remote_objects(source, run, users=[member("g", (1,))])
+        objects.apply_remote_objects(source, run, users=[member("g", (1,))])
         assert d2.group not in user.groups.all()
         assert Group.objects.filter(name="Dept 2").exists()
 
 
 # -- lock and services --------------------------------------------------------------------------------------
-
-
-def test_lock_semantics(source):
-    a = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now(),
-                               heartbeat_at=timezone.now())
-    b = SyncRun.objects.create(source=source, status=SyncRun.Status.RUNNING, started_at=timezone.now())
-    assert lock.acquire(source, a)
-    assert not lock.acquire(source, a)  # not re-entrant: a duplicate task of the running run must not run too
-    assert not lock.acquire(source, b)
-    lock.release(source, b)  # not the holder: no effect
-    assert lock.holder(source) == a.pk
-    lock.release(source, a)
-    assert lock.acquire(source, b)
-    b.status = SyncRun.Status.SUCCEEDED  # a finished holder never blocks
-    b.save()
-    assert lock.acquire(source, a)
-    SyncRun.objects.filter(pk=a.pk).update(heartbeat_at=timezone.now() - timedelta(days=1))
-    assert lock.acquire(source, b)
-    a.refresh_from_db()
-    assert a.status == SyncRun.Status.FAILED
 
 
 def test_disabled_source_is_refused(source):
@@ -366,7 +214,7 @@ def test_approval_skips_members_seen_again_after_the_hold(source, fake_fetch):
     assert held.status == SyncRun.Status.HELD
     # "b" comes back through a callback before the admin decides
     event_run = SyncRun.objects.create(source=source, kind=SyncRun.Kind.EVENTS)
-    apply.apply_remote_objects(source, event_run, users=[member("b", name="B Back")])
+    objects.apply_remote_objects(source, event_run, users=[member("b", name="B Back")])
     services.approve_run(held)
     held.refresh_from_db()
     assert held.status == SyncRun.Status.SUCCEEDED
@@ -487,11 +335,11 @@ def test_linking_works_across_many_batches(source, fake_fetch):
 
 def test_local_users_read_in_chunks_match_a_whole_read(source, run):
     users = [member(f"c{i}", (1, 2) if i % 2 else (2,)) for i in range(7)]
-    apply.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=users)
-    apply.remove_users(source, run, ["c3"])
-    whole = apply.load_local_state(source)
-    departments = apply.load_local_departments(source)
-    chunks = list(apply.iter_local_users(source, departments, size=3))
+    objects.apply_remote_objects(source, run, departments=[ROOT, dept(2)], users=users)
+    objects.remove_users(source, run, ["c3"])
+    whole = local.load_local_state(source)
+    departments = local.load_local_departments(source)
+    chunks = list(local.iter_local_users(source, departments, size=3))
     assert [len(c.users) for c in chunks] == [3, 3, 1]
     merged_users, merged_memberships = {}, {}
     for chunk in chunks:
@@ -524,25 +372,11 @@ def test_cyclic_gc_is_paused_during_a_run_and_restored(source, fake_fetch):
         gc.enable()
 
 
-def test_a_holder_that_has_not_saved_running_yet_keeps_the_lock(source):
-    """Between taking the lock and saving "running", the winner is still "queued": the loser must wait."""
-    winner = SyncRun.objects.create(source=source, status=SyncRun.Status.QUEUED)
-    loser = SyncRun.objects.create(source=source, status=SyncRun.Status.QUEUED)
-    assert lock.acquire(source, winner)
-    assert not lock.acquire(source, loser)
-    winner.refresh_from_db()
-    assert winner.status == SyncRun.Status.QUEUED
-    held = SyncRun.objects.create(source=source, status=SyncRun.Status.HELD, heartbeat_at=timezone.now())
-    lock.release(source, winner)
-    assert lock.acquire(source, held)  # approving a held run
-    assert not lock.acquire(source, loser)
-
-
 def _flaky_department_insert(monkeypatch, fail_on_call: int = 2):
     """Make the n-th department insert fail once, as a transient database error would."""
     from django.db import OperationalError
 
-    real = apply.insert_instances
+    real = bulk.insert_instances
     calls = {"n": 0}
 
     def flaky(model, objs, key, scope=None):
@@ -552,7 +386,7 @@ def _flaky_department_insert(monkeypatch, fail_on_call: int = 2):
                 raise OperationalError("database is locked")
         return real(model, objs, key, scope)
 
-    monkeypatch.setattr(apply, "insert_instances", flaky)
+    monkeypatch.setattr(departments, "insert_instances", flaky)
 
 
 def test_a_rolled_back_department_batch_leaves_no_stale_keys(source, fake_fetch, monkeypatch):
@@ -571,7 +405,7 @@ def test_a_rolled_back_department_batch_leaves_no_stale_keys(source, fake_fetch,
 
 
 def test_a_superuser_disabled_in_wecom_is_not_reported_deactivated(source, run):
-    apply.apply_remote_objects(source, run, departments=[ROOT], users=[member("boss")])
+    objects.apply_remote_objects(source, run, departments=[ROOT], users=[member("boss")])
     ext = ExternalUser.objects.get(source=source)
     ext.user.is_superuser = True
     ext.user.save()
@@ -582,7 +416,7 @@ def test_a_superuser_disabled_in_wecom_is_not_reported_deactivated(source, run):
 
     signals.user_deactivated.connect(receiver)
     try:
-        counters = apply.apply_remote_objects(source, run, users=[member("boss", status=2)])
+        counters = objects.apply_remote_objects(source, run, users=[member("boss", status=2)])
     finally:
         signals.user_deactivated.disconnect(receiver)
     ext.user.refresh_from_db()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wecom_sync.snapshot import RemoteDepartment, RemoteUser
+from tests.factories import remote_department, remote_member
 from wecom_sync.sync.plan import (
     LocalDepartment,
     LocalState,
@@ -23,19 +23,12 @@ from wecom_sync.sync.plan import (
 
 
 def dept(id, parent=1, name=None, order=0, leaders=()):  # noqa: A002
-    raw = {"id": id, "name": name or f"D{id}", "parentid": parent, "order": order,
-           "department_leader": list(leaders)}
-    return RemoteDepartment.from_api(raw)
+    return remote_department(id, parent, name=name or f"D{id}", order=order, leaders=leaders)
 
 
 def user(userid, departments=(1,), status=1, name=None, email="", main=None, orders=None, leaders=None, **extra):
-    raw = {
-        "userid": userid, "name": name or userid.title(), "department": list(departments),
-        "order": list(orders or [0] * len(departments)),
-        "is_leader_in_dept": list(leaders or [0] * len(departments)),
-        "main_department": main or departments[0], "status": status, "email": email, **extra,
-    }
-    return RemoteUser.from_api(raw)
+    return remote_member(userid, departments, status=status, name=name or userid.title(), main=main, orders=orders,
+                         leaders=leaders, email=email, **extra)
 
 
 def mirror(departments, users, *, removed_users=(), removed_depts=()):
