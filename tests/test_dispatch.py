@@ -140,7 +140,7 @@ def test_in_process_mode_runs_the_sync_in_the_web_process_and_the_run_page_follo
             seen.append(state["status"])
             if state["finished"]:
                 break
-            time.sleep(0.1)
+            time.sleep(0.3)
     assert state["status"] == SyncRun.Status.SUCCEEDED, (state, seen)
     assert state["counters"]["users_created"] == 15
     assert ExternalUser.objects.filter(source=source).count() == 15

@@ -36,6 +36,9 @@ from wecom_sync.simulator import WeComSimulator, generate_organisation
 from wecom_sync.simulator.org import Organisation
 from wecom_sync.simulator.server import SimulatorError
 
+# Minutes of work: CI runs it on PostgreSQL and on SQLite with Django 5.2, not on every other Django leg.
+pytestmark = pytest.mark.slow
+
 # CI runs the same 200 examples every time (a landing must not depend on luck); locally each run explores
 # new ones (WECOM_EQUIVALENCE_EXAMPLES=1000 for a longer search).
 settings.register_profile(

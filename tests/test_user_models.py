@@ -16,6 +16,9 @@ from pathlib import Path
 import django
 import pytest
 
+# Minutes of work: CI runs it on PostgreSQL and on SQLite with Django 5.2, not on every other Django leg.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = ["default", "email_login", "uuid_pk", "required_fields", "db_default", "generated"]

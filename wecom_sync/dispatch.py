@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
-from django.db import close_old_connections, connection
+from django.db import OperationalError, close_old_connections, connection
 from django.utils.translation import gettext as _
 
 from .conf import app_settings
+
+#: Times an in-process run is started again when SQLite reports a lock before the run was claimed.
+IN_PROCESS_ATTEMPTS = 5
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +74,20 @@ def _run_in_thread(source_id: int, run_id: int, dry_run: bool, force: bool, trig
 
     close_old_connections()
     try:
-        source = SyncSource.objects.filter(pk=source_id).first()
-        run = SyncRun.objects.filter(pk=run_id).first()
-        if source is not None and run is not None and not run.is_finished:
-            services.run_full_sync(source, dry_run=dry_run, force=force, trigger=trigger, run=run)
+        for attempt in range(IN_PROCESS_ATTEMPTS):
+            source = SyncSource.objects.filter(pk=source_id).first()
+            run = SyncRun.objects.filter(pk=run_id).first()
+            if source is None or run is None or run.status != SyncRun.Status.QUEUED:
+                return
+            try:
+                services.run_full_sync(source, dry_run=dry_run, force=force, trigger=trigger, run=run)
+                return
+            except OperationalError:
+                # SQLite answers "database is locked" when a request writes at the same moment; a run that
+                # was not claimed yet (still queued) is safe to start again.
+                if attempt + 1 == IN_PROCESS_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except Exception:  # a thread's exception would go nowhere: log it (the run records its own failure)
         logger.exception("wecom_sync.dispatch.in_process_failed", extra={"run_id": run_id})
     finally:
