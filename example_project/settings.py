@@ -6,6 +6,7 @@ Celery to a real broker; REDIS_URL=redis://... puts the Django cache (and so the
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import django
@@ -107,7 +108,7 @@ CACHES = {
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 
-AUTH_PASSWORD_VALIDATORS = []
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = os.environ.get("LANGUAGE_CODE", "en-us")
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 TIME_ZONE = "UTC"
@@ -132,7 +133,7 @@ CELERY_BEAT_SCHEDULE = {
     "wecom-sync-retention": {"task": "wecom_sync.tasks.purge_old_records", "schedule": 3600.0},
 }
 
-WECOM_SYNC = {
+WECOM_SYNC: dict[str, Any] = {
     "ENCRYPTION_KEYS": [k for k in os.environ.get("WECOM_SYNC_ENCRYPTION_KEYS", "").split(",") if k],
     "CALLBACK_BASE_URL": os.environ.get("WECOM_SYNC_CALLBACK_BASE_URL", ""),
     # WeCom's API host, plus the loopback simulator of the demo (python -m wecom_sync.simulator, wecom_demo).

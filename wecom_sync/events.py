@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -100,7 +101,7 @@ def enqueue_event(event_id: int) -> bool:
 
 def _enqueue_after_commit(event_ids: Iterable[int]) -> None:
     for event_id in event_ids:
-        transaction.on_commit(lambda event_id=event_id: enqueue_event(event_id))
+        transaction.on_commit(partial(enqueue_event, event_id))
 
 
 def reprocess_events(queryset_or_ids: QuerySet[CallbackEvent] | Iterable[int]) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db import models
 from django.db.models.query_utils import DeferredAttribute
@@ -25,7 +25,7 @@ class _EncryptedAttribute(DeferredAttribute):
     def __get__(self, instance: Any, cls: Any = None) -> Any:
         value = super().__get__(instance, cls)
         if instance is not None and isinstance(value, Sealed) and not instance.__dict__.get(RAW_SAVING):
-            return self.field.open(instance, value)
+            return cast("EncryptedTextField", self.field).open(instance, value)
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:

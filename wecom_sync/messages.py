@@ -109,7 +109,7 @@ def _ids(items: Iterable[Any], model: type, attr: str, source: SyncSource) -> li
     out: list[int] = []
     for item in items:
         if isinstance(item, model):
-            if item.source_id != source.pk:
+            if getattr(item, "source_id", None) != source.pk:
                 raise MessageError(_("%(object)s belongs to another source.") % {"object": item})
             value = getattr(item, attr)
         else:

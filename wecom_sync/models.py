@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models, router, transaction
 from django.urls import reverse
@@ -151,7 +153,7 @@ class SyncSource(models.Model):
 
     def save(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         """Save; a new row is inserted first and its secrets written next, so their ciphertext binds to its pk."""
-        pending = {}
+        pending: dict[str, Any] = {}
         if self.pk is None and not kwargs.get("update_fields"):
             pending = {name: self.__dict__.get(name) for name in self.SECRET_FIELDS}
             pending = {k: v for k, v in pending.items() if v and not isinstance(v, Sealed)}
@@ -170,17 +172,18 @@ class SyncSource(models.Model):
         # A raw save (loaddata) writes the fixture's ciphertexts unchanged: no decryption, so a fixture from
         # a site with other keys still loads (its source then says its secrets must be entered again).
         if not raw:
-            return super()._save_table(raw, *args, **kwargs)
+            return super()._save_table(raw, *args, **kwargs)  # type: ignore[misc]  # private in Django's stubs
         self.__dict__[RAW_SAVING] = True
         try:
-            return super()._save_table(raw, *args, **kwargs)
+            return super()._save_table(raw, *args, **kwargs)  # type: ignore[misc]
         finally:
             self.__dict__.pop(RAW_SAVING, None)
 
     @property
     def secrets_readable(self) -> bool:
         """Whether every stored secret decrypts with the configured keys."""
-        return all(self._meta.get_field(name).is_readable(self) for name in self.SECRET_FIELDS)
+        fields = [self._meta.get_field(name) for name in self.SECRET_FIELDS]
+        return all(isinstance(f, EncryptedTextField) and f.is_readable(self) for f in fields)
 
     def get_callback_path(self) -> str:
         """Return the path of this source's callback endpoint."""

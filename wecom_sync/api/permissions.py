@@ -36,7 +36,7 @@ class HasActionPermissions(BasePermission):
 def required_permissions(view: Any, request: Request) -> tuple[str, ...] | None:
     """The permissions ``view`` needs for its current action, or None when the action is not listed."""
     table: dict[str, tuple[str, ...]] = getattr(view, "required_permissions", {})
-    action = getattr(view, "action", None) or request.method.lower()
+    action = getattr(view, "action", None) or (request.method or "").lower()
     if action == "metadata":  # OPTIONS describes the endpoint: whoever may read it may ask
         action = "list" if "list" in table else "retrieve"
     if action in table:

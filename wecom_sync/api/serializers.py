@@ -51,7 +51,7 @@ class SourceSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def _health(self, obj: SyncSource) -> SourceHealth:
-        cache = self.context.setdefault("_health", {})
+        cache = self.context.setdefault("_health", {})  # type: ignore[attr-defined]  # DRF's context is a dict
         if obj.pk not in cache:
             cache[obj.pk] = source_health(obj)
         return cache[obj.pk]
@@ -86,7 +86,8 @@ class SourceSerializer(serializers.ModelSerializer):
 class RunSerializer(serializers.ModelSerializer):
     """A sync run: status, counters, progress and decision."""
 
-    source = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    source: serializers.SlugRelatedField = serializers.SlugRelatedField(  # type: ignore[assignment]
+        slug_field="slug", read_only=True)
     progress = serializers.SerializerMethodField()
     requested_by = serializers.SerializerMethodField()
     decided_by = serializers.SerializerMethodField()
@@ -105,10 +106,10 @@ class RunSerializer(serializers.ModelSerializer):
         return {"done": obj.progress_done, "total": obj.progress_total}
 
     def get_requested_by(self, obj: SyncRun) -> str | None:
-        return obj.requested_by.get_username() if obj.requested_by_id else None
+        return obj.requested_by.get_username() if obj.requested_by is not None else None
 
     def get_decided_by(self, obj: SyncRun) -> str | None:
-        return obj.decided_by.get_username() if obj.decided_by_id else None
+        return obj.decided_by.get_username() if obj.decided_by is not None else None
 
     def get_changes_count(self, obj: SyncRun) -> int:
         return obj.changes.count()
@@ -127,7 +128,8 @@ class RunChangeSerializer(serializers.ModelSerializer):
 class EventSerializer(serializers.ModelSerializer):
     """A callback event of the inbox."""
 
-    source = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    source: serializers.SlugRelatedField = serializers.SlugRelatedField(  # type: ignore[assignment]
+        slug_field="slug", read_only=True)
 
     class Meta:
         model = CallbackEvent

@@ -61,7 +61,7 @@ class MessageSimulation:
         if not isinstance(request, dict):
             return _error(47001)
         try:
-            agent_id = int(request.get("agentid"))
+            agent_id = int(request.get("agentid"))  # type: ignore[arg-type]  # None and junk raise below
         except (TypeError, ValueError):
             return _error(40056)
         if agent_id != self.agent_id:

@@ -236,8 +236,8 @@ class WeComSimulator(TagSimulation, MessageSimulation):
         if self._server is not None:
             return self
         self._server = _Server(self, (host, port))
-        host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        bound_host, port = self._server.server_address[:2]
+        self.base_url = f"http://{bound_host!s}:{port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="wecom-simulator", daemon=True
         )

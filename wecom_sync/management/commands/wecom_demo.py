@@ -246,7 +246,7 @@ class Command(BaseCommand):
                                          memberships__department__department_id=some_dept).exists()),
             (_("%(u)s kept the same Django account under its new userid") % {"u": users[2]},
              ExternalUser.objects.filter(source=source, userid_key=(users[2] + ".renamed").lower(),
-                                         user_id=renamed_user_pk).exists()
+                                         user_id=renamed_user_pk or 0).exists()
              and not ExternalUser.objects.filter(source=source, userid_key=users[2].lower()).exists()),
             (_("%(u)s was deactivated") % {"u": leaver},
              CallbackEvent.objects.filter(source=source, change_type="delete_user", object_id=leaver.lower(),
@@ -278,7 +278,7 @@ class Command(BaseCommand):
         source.save(update_fields=["login_enabled"])
         ext = (ExternalUser.objects.filter(source=source, is_removed=False, status=1, user__is_active=True)
                .select_related("user").order_by("userid_key").first())
-        if ext is None:
+        if ext is None or ext.user is None:
             raise CommandError(_("No active member to sign in with."))
         ext.user.is_staff = True
         ext.user.save(update_fields=["is_staff"])
@@ -306,7 +306,7 @@ class Command(BaseCommand):
         self.step(_("An app message"))
         ext = (ExternalUser.objects.filter(source=source, is_removed=False, status=ExternalUser.Status.ACTIVE,
                                            user__isnull=False).select_related("user").order_by("userid_key").first())
-        if ext is None:
+        if ext is None or ext.user is None:
             raise CommandError(_("No synced member to send a message to."))
         sent = len(sim.messages)
         result = send_message(source, users=[ext.user], text=_("Hello from the wecom_sync demo."))
