@@ -39,12 +39,22 @@ def test_member_gone_from_wecom_at_sign_in_is_refused(client, sim, source):
     assert response.status_code == 403 and reason_of(response) == "member_gone"
 
 
-def test_when_wecom_cannot_confirm_the_status_the_sign_in_is_refused(client, sim, source):
+def test_when_wecom_gives_no_answer_the_mirror_decides(client, sim, source, caplog):
     userid = active_userid(sim)
     sim.faults.http_error_next(502, count=5, path="user/get")
-    response = qr_login(client, source, userid)
+    with caplog.at_level("WARNING", logger="wecom_sync.login"):
+        response = qr_login(client, source, userid)
+    assert response.status_code == 302, response.content[:300]
+    assert logged_in_as(client) == test_login.account(source, userid)
+    assert any(r.getMessage() == "wecom_sync.login.status_unverified" for r in caplog.records)
+
+
+def test_when_wecom_gives_no_answer_a_member_the_mirror_disabled_is_refused(client, sim, source):
+    userid = active_userid(sim)
+    ExternalUser.objects.filter(source=source, userid_key=userid.lower()).update(status=ExternalUser.Status.DISABLED)
+    sim.faults.http_error_next(502, count=5, path="user/get")
+    qr_login(client, source, userid)
     assert logged_in_as(client) is None
-    assert reason_of(response) == "api_unreachable"
 
 
 def test_an_active_member_still_signs_in_with_one_status_check(client, sim, source):

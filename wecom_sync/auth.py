@@ -174,10 +174,18 @@ def fetch_member(client: WeComClient, userid: str) -> RemoteUser:
 def with_current_status(source: SyncSource, ext: ExternalUser, userid: str) -> ExternalUser:
     """A copy of a mapping with the member's status (and record) as WeCom gives them now; the mirror is not written.
 
-    The mirror may predate a disable in WeCom (events can be late or lost), so a sign-in asks once.
+    The mirror may predate a disable in WeCom (events can be late or lost), so a sign-in asks once. WeCom's
+    answer decides (gone, disabled, outside the visible range: refused); when WeCom gives no answer at all
+    (network or HTTP failure), the mirror, which events keep current, decides as it would without this check.
     """
-    with app_client(source) as client:
-        remote = fetch_member(client, userid)
+    try:
+        with app_client(source) as client:
+            remote = fetch_member(client, userid)
+    except LoginError as exc:
+        if exc.reason != "api_unreachable":
+            raise
+        logger.warning("wecom_sync.login.status_unverified", extra={"source_id": source.pk})
+        return ext
     current = copy.copy(ext)
     current.status = remote.status
     current.raw = dict(remote.raw)
