@@ -34,6 +34,19 @@ def make_source(**overrides: Any) -> SyncSource:
     return SyncSource.objects.create(**values)
 
 
+def simulator_source(sim: Any, **overrides: Any) -> SyncSource:
+    """Create and return a SyncSource pointed at a running ``WeComSimulator`` with its credentials."""
+    values: dict[str, Any] = {
+        "api_base_url": sim.base_url,
+        "corp_id": sim.corp_id,
+        "secret": sim.app_secret,
+        "contact_sync_secret": sim.contact_sync_secret,
+        "agent_id": sim.agent_id,
+    }
+    values.update(overrides)
+    return make_source(**values)
+
+
 def make_user(username: str, *codenames: str, **fields: Any) -> Any:
     """Create and return a Django user holding the given ``wecom_sync`` permissions (by codename)."""
     from django.contrib.auth import get_user_model

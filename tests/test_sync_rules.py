@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group
 from django.test import override_settings
 from django.urls import reverse
 
-from tests.factories import make_source
+from tests.factories import simulator_source
 from wecom_sync import events, services
 from wecom_sync.callbacks import parse_event, store_event
 from wecom_sync.exceptions import ERRCODE_HINTS
@@ -39,16 +39,7 @@ def sim():
         yield simulator
 
 
-def source_for(sim: WeComSimulator, **overrides) -> SyncSource:
-    values = {
-        "api_base_url": sim.base_url,
-        "corp_id": sim.corp_id,
-        "secret": sim.app_secret,
-        "contact_sync_secret": sim.contact_sync_secret,
-        "agent_id": sim.agent_id,
-    }
-    values.update(overrides)
-    return make_source(**values)
+source_for = simulator_source
 
 
 def sync(source: SyncSource, **kwargs) -> SyncRun:

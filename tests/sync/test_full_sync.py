@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from tests.factories import make_source
+from tests.factories import simulator_source
 from wecom_sync import services
 from wecom_sync.models import (
     ExternalDepartment,
@@ -34,15 +34,7 @@ def sim():
         yield simulator
 
 
-def source_for(sim: WeComSimulator, **overrides) -> SyncSource:
-    values = {
-        "api_base_url": sim.base_url,
-        "corp_id": sim.corp_id,
-        "secret": sim.app_secret,
-        "contact_sync_secret": sim.contact_sync_secret,
-    }
-    values.update(overrides)
-    return make_source(**values)
+source_for = simulator_source
 
 
 @pytest.fixture
